@@ -99,6 +99,12 @@ impl Output for std::fs::File {
     }
 }
 
+impl<T: Output + ?Sized> Output for &mut T {
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+}
+
 impl Output for io::Cursor<Vec<u8>> {
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.get_mut().resize(len as usize, 0);
@@ -161,6 +167,20 @@ impl<F: Output> ImageWriter<F> {
 
     pub fn block_size(&self) -> u64 {
         self.bs
+    }
+
+    /// Set the volume UUID; callers that derive it from the content's
+    /// digest only know it at the end.
+    pub fn set_uuid(&mut self, uuid: [u8; 16]) {
+        self.opts.uuid = uuid;
+    }
+
+    /// Set the size of device `index` (0 = slot 1) once it is known, e.g.
+    /// the length of the tar a tar index points into.
+    pub fn set_device_blocks(&mut self, index: usize, blocks: u32) {
+        if let Some(d) = self.opts.devices.get_mut(index) {
+            d.blocks = blocks;
+        }
     }
 
     fn seek_to(&mut self, off: u64) -> io::Result<()> {

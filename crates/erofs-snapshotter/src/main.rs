@@ -1,0 +1,42 @@
+//! `erofs-snapshotter`: the daemon and its command-line tools.
+
+mod convert;
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "containerd snapshotter and differ keeping each layer as one EROFS image")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a layer (tar, tar.gz, tar.zst, `-` for stdin, or a
+    /// directory) into an EROFS image.
+    Convert(convert::Args),
+    /// Show an image's superblock, list its entries or print a file.
+    Inspect(inspect::InspectArgs),
+    /// Validate an untrusted image against every structural rule.
+    Fsck(inspect::FsckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Fsck(a) => inspect::fsck(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
