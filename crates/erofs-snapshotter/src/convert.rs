@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use erofs::writer::{ImageWriter, WriterOptions};
 use layer::compression;
-use layer::convert::{ConvertOptions, ConvertReport, tar_to_image};
+use layer::convert::{ConvertOptions, ConvertReport, stream_tar};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -138,8 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         let (tree, stats) = layer::dir::read_dir_tree(&args.input, &mut writer)
             .with_context(|| format!("reading {}", args.input.display()))?;
-        let (file, summary) = writer.finish(&tree)?;
-        file.sync_all()?;
+        let (_, summary) = writer.finish(&tree)?;
         println!("entries: {}", stats.entries);
         if stats.dropped_xattrs > 0 {
             println!("dropped xattrs (namespace not storable): {}", stats.dropped_xattrs);
@@ -163,10 +162,12 @@ pub fn run(args: Args) -> Result<()> {
         };
         let (compression, decoded) =
             compression::open_reader(counted).context("reading the layer's first bytes")?;
-        let (pipe, producer) = layer::pipeline::spawn(decoded)?;
+        // Hash on whichever side has time to spare (see pipeline::spawn).
+        let producer_hashes = compression == layer::Compression::None;
+        let (pipe, producer) = layer::pipeline::spawn(decoded, producer_hashes)?;
         let opts = ConvertOptions {
             inline_data: args.inline,
-            uuid,
+            compute_diff_id: !producer_hashes,
             tar_index: args.tar_index,
             limits: layer::tar::Limits {
                 max_entries: args.max_entries,
@@ -174,12 +175,14 @@ pub fn run(args: Args) -> Result<()> {
             },
             ..Default::default()
         };
-        let result = tar_to_image(pipe, tmp.reopen()?, &out_dir, &opts);
-        let inflate = producer.join().map_err(|_| anyhow::anyhow!("inflate thread panicked"))?;
+        let streamed = stream_tar(pipe, tmp.reopen()?, &out_dir, &opts);
+        let inflate = producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("inflate thread panicked"))?;
         drop(progress);
-        let (file, report) =
-            result.with_context(|| format!("converting {}", args.input.display()))?;
-        file.sync_all()?;
+        let (_, report) = streamed
+            .and_then(|s| s.finish(uuid, inflate.digest))
+            .with_context(|| format!("converting {}", args.input.display()))?;
         print_report(compression.name(), &report, inflate.busy);
     }
     tmp.persist(&args.output)
