@@ -1,0 +1,50 @@
+//! Reading OCI image layers: everything between the blob bytes and a stream of
+//! validated tar entries.
+//!
+//! The pipeline a differ builds from these pieces is
+//!
+//! ```text
+//! blob ─► DigestReader (compressed digest) ─► compression::decompress
+//!      ─► DigestReader (diffID) ─► tar::TarReader ─► path::normalize / whiteout::classify
+//! ```
+//!
+//! * [`compression`] sniffs gzip/zstd/plain by magic bytes and decompresses;
+//!   decoder checksum failures (gzip CRC32/ISIZE, zstd content checksum) are
+//!   errors, never silently accepted.
+//! * [`digest`] hashes every byte that passes through a reader. The diffID is
+//!   the SHA-256 of the *whole* uncompressed stream, including the
+//!   end-of-archive blocks and any padding after them, so the caller must drain
+//!   the tar stream through the hasher ([`tar::TarReader::finish`] does that).
+//! * [`tar`] is our own pull-based tar reader. Its acceptance behaviour is that
+//!   of Go's `archive/tar` (what containerd unpacks with): an archive never
+//!   yields a different entry list here than in containerd, which is the
+//!   property the TARmageddon family of bugs (CVE-2025-62518, CVE-2026-33055)
+//!   broke in other Rust readers. Where we deliberately differ, we only ever
+//!   *reject* more (GNU sparse files, unknown entry types, ids that do not fit);
+//!   see the module docs.
+//! * [`path`] turns an archive name into layer-relative components and rejects
+//!   `..`, so nothing downstream ever sees an escaping name.
+//! * [`whiteout`] classifies OCI/AUFS whiteout names (`.wh.NAME`,
+//!   `.wh..wh..opq`).
+//!
+//! The crate does no filesystem writes and has no dependency on the EROFS
+//! writer; it is the untrusted-input boundary.
+
+pub mod compression;
+pub mod digest;
+pub mod path;
+pub mod tar;
+pub mod whiteout;
+
+pub use compression::Compression;
+pub use digest::{Digest, DigestReader};
+pub use path::{PathError, normalize};
+pub use tar::{Entry, EntryKind, Limits, TarError, TarReader};
+pub use whiteout::{Whiteout, WhiteoutError, classify};
+
+/// Shared archive builders and the adversarial corpus, also used by the
+/// integration tests (`tests/common`), so unit tests, integration tests and the
+/// Go differential test all exercise the same bytes.
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod testkit;

@@ -1,0 +1,316 @@
+//! Differential test against Go's `archive/tar`, the reader containerd
+//! unpacks layers with.
+//!
+//! Builds `tests/go-tar-oracle` (stdlib only, offline) and runs it and our
+//! reader over the adversarial corpus from `tests/common` plus deterministic
+//! mutations of it. Both print one line per entry (name, link, type, mode,
+//! ids, times, devices, xattrs, data length and SHA-256) and the outputs must
+//! be identical, except that:
+//!
+//! * both may fail at the same point (error messages differ), and
+//! * we may fail with a *policy* error (unknown type, sparse file, value out
+//!   of range) where Go accepts: those are documented deliberate rejections.
+//!
+//! We must never accept an entry Go rejects or list an entry differently:
+//! that is exactly the parser differential behind TARmageddon.
+//!
+//! Go is looked up in `$LAYER_GO`, `/opt/go124/usr/lib/go-1.24/bin/go`, then
+//! `go` on `PATH`. Without Go the test fails under CI (`CI` set) and is
+//! skipped loudly otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{BLOCK, CHKSUM, Case, corpus};
+use layer::Digest;
+use layer::tar::{Limits, TarError, TarReader};
+
+const DEBIAN_GO: &str = "/opt/go124/usr/lib/go-1.24/bin/go";
+
+fn find_go() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LAYER_GO") {
+        return Some(PathBuf::from(p));
+    }
+    if Path::new(DEBIAN_GO).exists() {
+        return Some(PathBuf::from(DEBIAN_GO));
+    }
+    let ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from("go"))
+}
+
+fn build_oracle(go: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-tar-oracle");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let bin = tmp.join("go-tar-oracle");
+    let mut cmd = Command::new(go);
+    cmd.current_dir(&src)
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        // Offline and reproducible: no toolchain downloads, no module proxy.
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", tmp.join("go-cache"))
+        .env("GOPATH", tmp.join("go-path"));
+    // Debian's relocated toolchain needs GOROOT next to its bin directory.
+    if let Some(root) = go
+        .parent()
+        .and_then(Path::parent)
+        .filter(|r| r.join("src").exists())
+    {
+        cmd.env("GOROOT", root);
+    }
+    let out = cmd.output().expect("running go build");
+    assert!(
+        out.status.success(),
+        "go build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+fn run_go(oracle: &Path, bytes: &[u8]) -> Vec<String> {
+    let mut child = Command::new(oracle)
+        .env("GODEBUG", "tarinsecurepath=1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning oracle");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    // Write from a thread: the oracle may stop reading early (error or end
+    // marker) and its stdout pipe must be drained concurrently.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "oracle crashed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn hx(b: &[u8]) -> String {
+    if b.is_empty() {
+        "-".to_owned()
+    } else {
+        hex::encode(b)
+    }
+}
+
+/// Errors that are our deliberate policy, not Go's `ErrHeader`.
+fn is_policy(e: &TarError) -> bool {
+    matches!(
+        e,
+        TarError::UnknownType { .. } | TarError::Unsupported { .. } | TarError::OutOfRange { .. }
+    )
+}
+
+/// Our reader's view, in the oracle's output format.
+fn run_rust(bytes: &[u8]) -> Vec<String> {
+    let mut tr = TarReader::new(bytes, Limits::default());
+    let mut out = Vec::new();
+    loop {
+        let e = match tr.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                out.push("END".to_owned());
+                return out;
+            }
+            Err(e) => {
+                out.push(format!(
+                    "ERROR {}{e}",
+                    if is_policy(&e) { "policy: " } else { "" }
+                ));
+                return out;
+            }
+        };
+        let mut data = Vec::new();
+        if let Err(err) = tr.data().read_to_end(&mut data) {
+            out.push(format!("ERROR data: {err}"));
+            return out;
+        }
+        let mut xattrs: Vec<String> = e
+            .xattrs
+            .iter()
+            .map(|(k, v)| format!("{}={}", hx(k), hx(v)))
+            .collect();
+        xattrs.sort();
+        out.push(format!(
+            "{:02x} {} {} {} {} {:o} {} {} {} {} {}.{:09} {} {} [{}]",
+            e.kind.typeflag(),
+            hx(&e.path),
+            hx(&e.link_name),
+            data.len(),
+            Digest::of(&data).hex(),
+            e.mode,
+            e.uid,
+            e.gid,
+            hx(&e.uname),
+            hx(&e.gname),
+            e.mtime,
+            e.mtime_nsec,
+            e.dev_major,
+            e.dev_minor,
+            xattrs.join(","),
+        ));
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Same,
+    BothRejected,
+    WeRejectedByPolicy,
+}
+
+fn compare(name: &str, go: &[String], ours: &[String]) -> Result<Verdict, String> {
+    let n = go.len().max(ours.len());
+    for i in 0..n {
+        let (g, r) = (go.get(i), ours.get(i));
+        if g == r {
+            continue;
+        }
+        let verdict = match (g, r) {
+            (_, Some(r)) if r.starts_with("ERROR policy:") => Verdict::WeRejectedByPolicy,
+            (Some(g), Some(r)) if g.starts_with("ERROR") && r.starts_with("ERROR") => {
+                Verdict::BothRejected
+            }
+            _ => {
+                return Err(format!(
+                    "{name}: outputs differ at line {i}\n  go:   {g:?}\n  ours: {r:?}\nfull go:\n{}\nfull ours:\n{}",
+                    go.join("\n"),
+                    ours.join("\n")
+                ));
+            }
+        };
+        return Ok(verdict);
+    }
+    Ok(Verdict::Same)
+}
+
+/// xorshift64*: deterministic mutations without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const INTERESTING: &[u8] = b"\x00 0157xgLKS/\n=9+-\x80\xff.";
+
+/// Flips bytes, mostly inside 512-byte blocks' header fields, and usually
+/// repairs the block checksum so the mutation reaches the field parsers.
+fn mutate(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    if b.is_empty() {
+        return b;
+    }
+    for _ in 0..1 + rng.below(4) {
+        let i = rng.below(b.len());
+        b[i] = if rng.below(2) == 0 {
+            INTERESTING[rng.below(INTERESTING.len())]
+        } else {
+            rng.next() as u8
+        };
+        let start = i / BLOCK * BLOCK;
+        if rng.below(5) != 0 && start + BLOCK <= b.len() && !(CHKSUM).contains(&(i % BLOCK)) {
+            let block = &mut b[start..start + BLOCK];
+            block[CHKSUM].fill(b' ');
+            let sum: u32 = block.iter().map(|&c| u32::from(c)).sum();
+            block[CHKSUM].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        }
+    }
+    if rng.below(10) == 0 {
+        let cut = rng.below(b.len());
+        b.truncate(cut);
+    }
+    b
+}
+
+#[test]
+fn matches_go_archive_tar() {
+    let Some(go) = find_go() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Go toolchain required for the archive/tar differential test under CI"
+        );
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        eprintln!("!! SKIPPED: Go not found (LAYER_GO, {DEBIAN_GO}, PATH).");
+        eprintln!("!! The tar reader was NOT checked against Go's archive/tar.");
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+        return;
+    };
+    let oracle = build_oracle(&go);
+
+    let cases = corpus();
+    let mut failures = Vec::new();
+    let mut stats = [0usize; 3];
+    for Case {
+        name,
+        bytes,
+        stricter,
+    } in &cases
+    {
+        let (g, r) = (run_go(&oracle, bytes), run_rust(bytes));
+        match compare(name, &g, &r) {
+            Err(msg) => failures.push(msg),
+            Ok(v) => {
+                if *stricter != (v == Verdict::WeRejectedByPolicy) {
+                    failures.push(format!("{name}: expected stricter={stricter}, got {v:?}\n  go:   {g:?}\n  ours: {r:?}"));
+                }
+            }
+        }
+    }
+
+    let per_case: usize = std::env::var("LAYER_ORACLE_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for Case { name, bytes, .. } in cases.iter().filter(|c| c.bytes.len() <= 64 * 1024) {
+        for k in 0..per_case {
+            let m = mutate(&mut rng, bytes);
+            let (g, r) = (run_go(&oracle, &m), run_rust(&m));
+            match compare(&format!("{name} mutation {k}"), &g, &r) {
+                Err(msg) => failures.push(format!("{msg}\ninput (hex): {}", hex::encode(&m))),
+                Ok(v) => stats[v as usize] += 1,
+            }
+        }
+    }
+    eprintln!(
+        "go oracle: {} corpus cases; mutations: {} identical, {} both rejected, {} rejected by policy",
+        cases.len(),
+        stats[0],
+        stats[1],
+        stats[2]
+    );
+    assert!(
+        failures.is_empty(),
+        "{} divergences from Go:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

@@ -1,0 +1,3 @@
+module erofs-snapshotter/tests/go-tar-oracle
+
+go 1.24
