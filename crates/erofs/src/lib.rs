@@ -7,4 +7,6 @@
 
 pub mod format;
 pub mod tree;
+pub mod reader;
+pub mod fsck;
 pub mod writer;
