@@ -31,8 +31,11 @@
 //! writer; it is the untrusted-input boundary.
 
 pub mod compression;
+pub mod convert;
 pub mod digest;
+pub mod dir;
 pub mod path;
+pub mod pipeline;
 pub mod tar;
 pub mod whiteout;
 

@@ -1,0 +1,398 @@
+//! OCI layer tar stream → EROFS image.
+//!
+//! Members are applied to an [`erofs::tree::Tree`] in stream order with
+//! `tar -x` semantics (later members replace earlier ones, directories
+//! merge, missing parents appear) and OCI whiteouts are translated to
+//! overlayfs ones. File contents go straight into the image as they
+//! stream past; nothing touches the host filesystem except the output.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+use erofs::tree::{ChunkAddr, Content, FileData, Meta, Node, Tree, TreeError};
+use erofs::writer::{Device, ImageWriter, Output, Summary, WriteError, WriterOptions};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::path::{self, PathError};
+use crate::tar::{Entry, EntryKind, Limits, TarError, TarReader};
+use crate::whiteout::{self, Whiteout, WhiteoutError};
+
+/// Block size of tar indexes: tar data starts on 512-byte boundaries.
+const TAR_INDEX_BLKSZBITS: u8 = 9;
+
+/// How to convert.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Keep file tails inline (see [`WriterOptions::inline_data`]).
+    pub inline_data: bool,
+    /// Build a tar index: metadata only, file data referenced inside the
+    /// tar appended after the index (`mkfs.erofs --tar=i`).
+    pub tar_index: bool,
+    pub limits: Limits,
+    /// Compute the diffID here. Off when the producer of the stream
+    /// already hashes it (see [`crate::pipeline::spawn`]); the report then
+    /// has no diffID.
+    pub compute_diff_id: bool,
+    /// Upper bound on inodes in the tree.
+    pub max_inodes: usize,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            inline_data: false,
+            tar_index: false,
+            limits: Limits::default(),
+            compute_diff_id: true,
+            max_inodes: 4_000_000,
+        }
+    }
+}
+
+/// Why a layer could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("tar stream: {0}")]
+    Tar(#[from] TarError),
+    #[error("entry {name:?} at offset {offset}: {source}")]
+    Path {
+        name: String,
+        offset: u64,
+        source: PathError,
+    },
+    #[error("entry {name:?} at offset {offset}: {source}")]
+    Whiteout {
+        name: String,
+        offset: u64,
+        source: WhiteoutError,
+    },
+    #[error("entry {name:?} at offset {offset}: {source}")]
+    Tree {
+        name: String,
+        offset: u64,
+        source: TreeError,
+    },
+    #[error("entry {name:?} at offset {offset}: {why}")]
+    Entry {
+        name: String,
+        offset: u64,
+        why: String,
+    },
+    #[error("entry {name:?} at offset {offset}: {source}")]
+    Data {
+        name: String,
+        offset: u64,
+        source: WriteError,
+    },
+    #[error("{0}")]
+    Write(#[from] WriteError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a conversion did and how long each stage took.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertReport {
+    /// sha256 of the whole uncompressed stream: the OCI diffID.
+    pub diff_id: Option<Digest>,
+    pub tar_bytes: u64,
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub opaque_dirs: u64,
+    /// Xattrs in namespaces EROFS cannot store.
+    pub dropped_xattrs: u64,
+    pub summary: Summary,
+    /// Parsing, hashing and writing file data (the consumer thread).
+    pub convert: Duration,
+    /// Laying out and writing metadata.
+    pub finish: Duration,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct Applier<'w, F: Output> {
+    tree: Tree,
+    writer: &'w mut ImageWriter<F>,
+    tar_index: bool,
+    report: ConvertReport,
+}
+
+impl<F: Output> Applier<'_, F> {
+    fn apply<R: Read>(&mut self, tar: &mut TarReader<R>, e: &Entry) -> Result<(), ConvertError> {
+        let name = || lossy(&e.path);
+        let offset = e.header_offset;
+        let tree_err = |source| ConvertError::Tree {
+            name: name(),
+            offset,
+            source,
+        };
+        let entry_err = |why: String| ConvertError::Entry {
+            name: name(),
+            offset,
+            why,
+        };
+        let mut comps = path::normalize(&e.path).map_err(|source| ConvertError::Path {
+            name: name(),
+            offset,
+            source,
+        })?;
+        let meta = Meta {
+            perm: (e.mode & 0o7777) as u16,
+            uid: u32::try_from(e.uid).map_err(|_| entry_err(format!("uid {} too large", e.uid)))?,
+            gid: u32::try_from(e.gid).map_err(|_| entry_err(format!("gid {} too large", e.gid)))?,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+        };
+        if let Some(last) = comps.last() {
+            let class = whiteout::classify(last).map_err(|source| ConvertError::Whiteout {
+                name: name(),
+                offset,
+                source,
+            })?;
+            match class {
+                Whiteout::Plain => {}
+                Whiteout::AufsMetadata => return Ok(()),
+                Whiteout::Opaque => {
+                    comps.pop();
+                    self.report.opaque_dirs += 1;
+                    return self.tree.set_opaque(&comps).map_err(tree_err);
+                }
+                Whiteout::Whiteout(target) => {
+                    let target = target.to_vec();
+                    comps.pop();
+                    comps.push(target);
+                    self.report.whiteouts += 1;
+                    return self.tree.whiteout(&comps, meta).map_err(tree_err);
+                }
+            }
+        }
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in &e.xattrs {
+            if erofs::tree::validate_xattr(k, v).is_err() {
+                self.report.dropped_xattrs += 1;
+                continue;
+            }
+            xattrs.insert(k.clone(), v.clone());
+        }
+        let content = match e.kind {
+            EntryKind::Directory => Content::Dir(BTreeMap::new()),
+            EntryKind::Regular => {
+                let data = if self.tar_index {
+                    index_chunks(e).map_err(entry_err)?
+                } else {
+                    self.writer
+                        .add_file_data(e.size, &mut tar.data())
+                        .map_err(|source| ConvertError::Data {
+                            name: name(),
+                            offset,
+                            source,
+                        })?
+                };
+                Content::File(data)
+            }
+            EntryKind::HardLink => {
+                let target = path::normalize(&e.link_name).map_err(|source| ConvertError::Path {
+                    name: lossy(&e.link_name),
+                    offset,
+                    source,
+                })?;
+                return self.tree.hard_link(&comps, &target).map_err(tree_err);
+            }
+            EntryKind::Symlink => Content::Symlink(e.link_name.clone()),
+            EntryKind::CharDevice => Content::CharDevice {
+                major: e.dev_major,
+                minor: e.dev_minor,
+            },
+            EntryKind::BlockDevice => Content::BlockDevice {
+                major: e.dev_major,
+                minor: e.dev_minor,
+            },
+            EntryKind::Fifo => Content::Fifo,
+        };
+        let mut node = Node::new(meta, content);
+        node.xattrs = xattrs;
+        self.tree.insert(&comps, node).map_err(tree_err)?;
+        Ok(())
+    }
+}
+
+/// Chunk-based file data pointing into the tar (device 1) for tar-index
+/// mode: one chunk per file where possible (section 11 of the format
+/// reference).
+fn index_chunks(e: &Entry) -> Result<FileData, String> {
+    if e.size == 0 {
+        return Ok(FileData::EMPTY);
+    }
+    let blocks = e.size.div_ceil(512);
+    let chunkbits = (64 - (blocks - 1).leading_zeros()).min(31) as u8;
+    let per = 1u64 << chunkbits;
+    let first = e.data_offset / 512;
+    let chunks = (0..blocks.div_ceil(per))
+        .map(|i| {
+            u32::try_from(first + i * per)
+                .map(|blkaddr| ChunkAddr { device: 1, blkaddr })
+                .map_err(|_| format!("data at offset {} is beyond 2 TiB", e.data_offset))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(FileData::Chunked {
+        size: e.size,
+        chunkbits,
+        chunks,
+    })
+}
+
+/// The consumer's view of the stream: optionally hashed (the diffID),
+/// optionally copied into a spool file (the tar kept for tar-index mode),
+/// always counted.
+struct Tee<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    spool: Option<File>,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        if let Some(s) = &mut self.spool {
+            s.write_all(&buf[..n])?;
+        }
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// A layer whose stream has been read completely: file data is in the
+/// image, metadata is in memory. [`Streamed::finish`] writes the rest.
+pub struct Streamed {
+    writer: ImageWriter<File>,
+    tree: Tree,
+    spool: Option<File>,
+    report: ConvertReport,
+}
+
+impl Streamed {
+    /// What was read; the summary is filled in by `finish`.
+    pub fn report(&self) -> &ConvertReport {
+        &self.report
+    }
+
+    /// Write metadata and superblock (and, for a tar index, append the
+    /// tar). The UUID defaults to the first 16 bytes of `diff_id`, so the
+    /// same layer always gives the same bytes.
+    pub fn finish(
+        mut self,
+        uuid: Option<[u8; 16]>,
+        diff_id: Option<Digest>,
+    ) -> Result<(File, ConvertReport), ConvertError> {
+        let start = Instant::now();
+        if let Some(d) = diff_id {
+            self.report.diff_id = Some(d);
+        }
+        let uuid = uuid.or_else(|| {
+            let d = self.report.diff_id.as_ref()?;
+            let mut u = [0u8; 16];
+            u.copy_from_slice(&d.as_bytes()[..16]);
+            Some(u)
+        });
+        if let Some(u) = uuid {
+            self.writer.set_uuid(u);
+        }
+        let (mut out, summary) = self.writer.finish(&self.tree)?;
+        if let Some(mut spool) = self.spool {
+            spool.seek(SeekFrom::Start(0))?;
+            out.seek(SeekFrom::Start(summary.image_bytes))?;
+            io::copy(&mut spool, &mut out)?;
+        }
+        self.report.summary = summary;
+        self.report.finish = start.elapsed();
+        Ok((out, self.report))
+    }
+}
+
+/// Read an uncompressed tar stream completely into an image at `out` (an
+/// empty file): file data is written as it streams past. In tar-index
+/// mode the stream is also spooled to an unnamed file in `spool_dir`, to
+/// be appended after the index.
+pub fn stream_tar<R: Read>(
+    input: R,
+    out: File,
+    spool_dir: &std::path::Path,
+    opts: &ConvertOptions,
+) -> Result<Streamed, ConvertError> {
+    let start = Instant::now();
+    let spool = if opts.tar_index {
+        Some(tempfile::tempfile_in(spool_dir)?)
+    } else {
+        None
+    };
+    let wopts = WriterOptions {
+        blkszbits: if opts.tar_index {
+            TAR_INDEX_BLKSZBITS
+        } else {
+            12
+        },
+        inline_data: opts.inline_data && !opts.tar_index,
+        uuid: [0; 16],
+        volume_name: Vec::new(),
+        devices: if opts.tar_index {
+            vec![Device {
+                tag: Vec::new(),
+                blocks: 0,
+            }]
+        } else {
+            Vec::new()
+        },
+    };
+    let mut writer = ImageWriter::new(out, wopts)?;
+    let root = Meta {
+        perm: 0o755,
+        ..Meta::default()
+    };
+    let mut tree = Tree::new(root.clone(), root);
+    tree.set_max_nodes(opts.max_inodes);
+    let tee = Tee {
+        inner: input,
+        hasher: opts.compute_diff_id.then(Sha256::new),
+        spool,
+        bytes: 0,
+    };
+    let mut tar = TarReader::new(tee, opts.limits.clone());
+    let mut applier = Applier {
+        tree,
+        writer: &mut writer,
+        tar_index: opts.tar_index,
+        report: ConvertReport::default(),
+    };
+    while let Some(entry) = tar.next_entry()? {
+        applier.report.entries += 1;
+        applier.apply(&mut tar, &entry)?;
+    }
+    let consumed = tar.position();
+    let Applier {
+        tree, mut report, ..
+    } = applier;
+    let tee = tar.finish()?;
+    report.diff_id = tee.hasher.map(|h| Digest::from_bytes(h.finalize().into()));
+    report.tar_bytes = tee.bytes;
+    if opts.tar_index {
+        let blocks = u32::try_from(consumed.div_ceil(512)).map_err(|_| WriteError::TooLarge)?;
+        writer.set_device_blocks(0, blocks);
+    }
+    report.convert = start.elapsed();
+    Ok(Streamed {
+        writer,
+        tree,
+        spool: tee.spool,
+        report,
+    })
+}

@@ -1,0 +1,316 @@
+//! A directory tree (an overlay upper, or a rootfs to convert) as image
+//! input.
+//!
+//! Every step is relative to an open directory descriptor and no lookup
+//! follows a symlink, so a tree that changes under us, or holds links
+//! pointing outside it, can never make us read a file outside the root.
+//! Overlay whiteouts (0:0 character devices) and opaque markers
+//! (`trusted.overlay.opaque`) are ordinary entries here and carry over
+//! as they are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use erofs::tree::{Content, Meta, Node, Tree, TreeError};
+use erofs::writer::{ImageWriter, Output, WriteError};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// What went wrong while reading a directory tree.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Tree { path: PathBuf, source: TreeError },
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: WriteError },
+    #[error("{path}: unsupported file type")]
+    FileType { path: PathBuf },
+    #[error("{path}: directory nesting deeper than {limit}")]
+    TooDeep { path: PathBuf, limit: usize },
+}
+
+/// Bound on directory depth, so a hostile tree cannot exhaust memory with
+/// pending descriptors.
+const MAX_DEPTH: usize = 4096;
+
+/// Counts reported after a walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirStats {
+    pub entries: u64,
+    /// Xattrs whose namespace EROFS cannot store (dropped).
+    pub dropped_xattrs: u64,
+}
+
+struct Walker<'w, F: Output> {
+    tree: Tree,
+    writer: &'w mut ImageWriter<F>,
+    /// (dev, ino) of multiply-linked non-directories already added.
+    links: HashMap<(u64, u64), Vec<Vec<u8>>>,
+    stats: DirStats,
+}
+
+fn io_err(path: &Path) -> impl Fn(rustix::io::Errno) -> DirError + '_ {
+    move |e| DirError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+fn meta_of(st: &rustix::fs::Stat) -> Meta {
+    Meta {
+        perm: (st.st_mode & 0o7777) as u16,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+    }
+}
+
+/// Read all xattrs of an open file. Filesystems without xattr support
+/// simply have none.
+fn read_xattrs<Fd: AsFd>(
+    fd: Fd,
+    path: &Path,
+    stats: &mut DirStats,
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 4096];
+    let len = loop {
+        match rustix::fs::flistxattr(&fd, &mut names) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    };
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = OsStr::from_bytes(name);
+        let mut value = vec![0u8; 256];
+        let n = loop {
+            match rustix::fs::fgetxattr(&fd, cname, &mut value) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::RANGE) if value.len() < (1 << 16) => {
+                    value.resize(1 << 16, 0)
+                }
+                Err(e) => return Err(io_err(path)(e)),
+            }
+        };
+        value.truncate(n);
+        if erofs::tree::validate_xattr(name, &value).is_err() {
+            stats.dropped_xattrs += 1;
+            continue;
+        }
+        out.insert(name.to_vec(), value);
+    }
+    Ok(out)
+}
+
+impl<F: Output> Walker<'_, F> {
+    fn walk(&mut self, root: &Path) -> Result<(), DirError> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err(root))?;
+        let st = rustix::fs::fstat(&fd).map_err(io_err(root))?;
+        let mut node = Node::new(meta_of(&st), Content::Dir(BTreeMap::new()));
+        node.xattrs = read_xattrs(&fd, root, &mut self.stats)?;
+        self.tree
+            .insert(&[], node)
+            .map_err(|source| DirError::Tree {
+                path: root.to_path_buf(),
+                source,
+            })?;
+        // Explicit stack of (directory fd, its path components).
+        let mut stack: Vec<(OwnedFd, Vec<Vec<u8>>)> = vec![(fd, Vec::new())];
+        while let Some((dirfd, comps)) = stack.pop() {
+            let dir_path = join(root, &comps);
+            let mut names: Vec<Vec<u8>> = Vec::new();
+            let mut dir = rustix::fs::Dir::read_from(&dirfd).map_err(io_err(&dir_path))?;
+            while let Some(ent) = dir.read() {
+                let ent = ent.map_err(io_err(&dir_path))?;
+                let name = ent.file_name().to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(name.to_vec());
+                }
+            }
+            // Sorted so that the first name of a hard-linked inode, and so
+            // the output, does not depend on readdir order.
+            names.sort();
+            for name in names {
+                let mut child = comps.clone();
+                child.push(name);
+                if let Some(sub) = self.add_entry(&dirfd, root, &child)? {
+                    if child.len() > MAX_DEPTH {
+                        return Err(DirError::TooDeep {
+                            path: join(root, &child),
+                            limit: MAX_DEPTH,
+                        });
+                    }
+                    stack.push((sub, child));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add one entry; returns the opened directory when it is one.
+    fn add_entry(
+        &mut self,
+        dirfd: &OwnedFd,
+        root: &Path,
+        comps: &[Vec<u8>],
+    ) -> Result<Option<OwnedFd>, DirError> {
+        let path = join(root, comps);
+        let Some(name) = comps.last() else {
+            return Ok(None);
+        };
+        let name = OsStr::from_bytes(name);
+        self.stats.entries += 1;
+        let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io_err(&path))?;
+        let meta = meta_of(&st);
+        let ftype = FileType::from_raw_mode(st.st_mode);
+        let tree_err = |source| DirError::Tree {
+            path: path.clone(),
+            source,
+        };
+        if ftype != FileType::Directory && st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.links.get(&key) {
+                let first = first.clone();
+                self.tree.hard_link(comps, &first).map_err(tree_err)?;
+                return Ok(None);
+            }
+            self.links.insert(key, comps.to_vec());
+        }
+        // Regular files and directories are opened (without following a
+        // link) to read xattrs and data from the very inode we stat'ed;
+        // other types are read through O_PATH descriptors.
+        let open_flags = match ftype {
+            FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            FileType::RegularFile => OFlags::RDONLY,
+            _ => OFlags::PATH,
+        } | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NOCTTY
+            | OFlags::NONBLOCK;
+        let fd = rustix::fs::openat(dirfd, name, open_flags, Mode::empty())
+            .map_err(io_err(&path))?;
+        let xattrs = match ftype {
+            // Symlinks, devices and fifos cannot be read through O_PATH
+            // descriptors; the kernel only allows trusted/security xattrs
+            // on them, which a layer rarely has.
+            FileType::Directory | FileType::RegularFile => {
+                read_xattrs(&fd, &path, &mut self.stats)?
+            }
+            _ => {
+                let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                read_path_xattrs(Path::new(&proc), &path, &mut self.stats)?
+            }
+        };
+        let (content, subdir) = match ftype {
+            FileType::Directory => (Content::Dir(BTreeMap::new()), Some(fd)),
+            FileType::RegularFile => {
+                let mut file = File::from(fd);
+                let data = self
+                    .writer
+                    .add_file_data(st.st_size as u64, &mut file)
+                    .map_err(|source| DirError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
+                (Content::File(data), None)
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dirfd, name, Vec::new())
+                    .map_err(io_err(&path))?;
+                (Content::Symlink(target.into_bytes()), None)
+            }
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let major = rustix::fs::major(st.st_rdev);
+                let minor = rustix::fs::minor(st.st_rdev);
+                if ftype == FileType::CharacterDevice {
+                    (Content::CharDevice { major, minor }, None)
+                } else {
+                    (Content::BlockDevice { major, minor }, None)
+                }
+            }
+            FileType::Fifo => (Content::Fifo, None),
+            FileType::Socket => (Content::Socket, None),
+            FileType::Unknown => return Err(DirError::FileType { path }),
+        };
+        let mut node = Node::new(meta, content);
+        node.xattrs = xattrs;
+        self.tree.insert(comps, node).map_err(tree_err)?;
+        Ok(subdir)
+    }
+}
+
+/// Xattrs through `/proc/self/fd/N` of an `O_PATH` descriptor: following
+/// that magic link reaches the very inode we opened, even a symlink.
+fn read_path_xattrs(
+    proc_path: &Path,
+    path: &Path,
+    stats: &mut DirStats,
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 4096];
+    let len = match rustix::fs::listxattr(proc_path, &mut names) {
+        Ok(n) => n,
+        // O_PATH descriptors of special files often refuse xattr calls.
+        Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::BADF | rustix::io::Errno::PERM) => {
+            return Ok(out);
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut value = vec![0u8; 1 << 16];
+        let n = rustix::fs::getxattr(proc_path, OsStr::from_bytes(name), &mut value)
+            .map_err(io_err(path))?;
+        value.truncate(n);
+        if erofs::tree::validate_xattr(name, &value).is_err() {
+            stats.dropped_xattrs += 1;
+            continue;
+        }
+        out.insert(name.to_vec(), value);
+    }
+    Ok(out)
+}
+
+fn join(root: &Path, comps: &[Vec<u8>]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in comps {
+        p.push(OsStr::from_bytes(c));
+    }
+    p
+}
+
+/// Walk `root` into a tree, copying file contents into `writer` as they
+/// are found. The root directory's own metadata becomes the image root's.
+pub fn read_dir_tree<F: Output>(
+    root: &Path,
+    writer: &mut ImageWriter<F>,
+) -> Result<(Tree, DirStats), DirError> {
+    let default = Meta {
+        perm: 0o755,
+        ..Meta::default()
+    };
+    let mut walker = Walker {
+        tree: Tree::new(default.clone(), default),
+        writer,
+        links: HashMap::new(),
+        stats: DirStats::default(),
+    };
+    walker.walk(root)?;
+    Ok((walker.tree, walker.stats))
+}
