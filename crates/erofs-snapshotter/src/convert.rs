@@ -125,7 +125,10 @@ pub fn run(args: Args) -> Result<()> {
     let is_dir = args.input != Path::new("-") && args.input.is_dir();
     if is_dir {
         if args.tar_index {
-            bail!("--tar-index needs a tar input, {} is a directory", args.input.display());
+            bail!(
+                "--tar-index needs a tar input, {} is a directory",
+                args.input.display()
+            );
         }
         let file = tmp.reopen()?;
         let mut writer = ImageWriter::new(
@@ -141,19 +144,21 @@ pub fn run(args: Args) -> Result<()> {
         let (_, summary) = writer.finish(&tree)?;
         println!("entries: {}", stats.entries);
         if stats.dropped_xattrs > 0 {
-            println!("dropped xattrs (namespace not storable): {}", stats.dropped_xattrs);
+            println!(
+                "dropped xattrs (namespace not storable): {}",
+                stats.dropped_xattrs
+            );
         }
         print_summary(&summary);
     } else {
-        let (source, total): (Box<dyn Read + Send>, Option<u64>) =
-            if args.input == Path::new("-") {
-                (Box::new(std::io::stdin()), None)
-            } else {
-                let f = File::open(&args.input)
-                    .with_context(|| format!("opening {}", args.input.display()))?;
-                let len = f.metadata().ok().map(|m| m.len());
-                (Box::new(f), len)
-            };
+        let (source, total): (Box<dyn Read + Send>, Option<u64>) = if args.input == Path::new("-") {
+            (Box::new(std::io::stdin()), None)
+        } else {
+            let f = File::open(&args.input)
+                .with_context(|| format!("opening {}", args.input.display()))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        };
         let count = Arc::new(AtomicU64::new(0));
         let progress = Progress::start(total, count.clone());
         let counted = Counting {
@@ -212,7 +217,10 @@ fn print_report(compression: &str, r: &ConvertReport, inflate: Duration) {
         r.entries, r.whiteouts, r.opaque_dirs
     );
     if r.dropped_xattrs > 0 {
-        println!("dropped xattrs (namespace not storable): {}", r.dropped_xattrs);
+        println!(
+            "dropped xattrs (namespace not storable): {}",
+            r.dropped_xattrs
+        );
     }
     print_summary(&r.summary);
     println!(

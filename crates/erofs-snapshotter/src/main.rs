@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "containerd snapshotter and differ keeping each layer as one EROFS image")]
+#[command(
+    version,
+    about = "containerd snapshotter and differ keeping each layer as one EROFS image"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

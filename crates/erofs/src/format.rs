@@ -456,9 +456,6 @@ pub(crate) mod le {
     pub fn u32_at(b: &[u8], off: usize) -> u32 {
         super::le32(b, off)
     }
-    pub fn u64_at(b: &[u8], off: usize) -> u64 {
-        super::le64(b, off)
-    }
 }
 
 #[cfg(test)]
@@ -485,10 +482,7 @@ mod tests {
             xattr_split(b"trusted.overlay.opaque"),
             Some((4, &b"overlay.opaque"[..]))
         );
-        assert_eq!(
-            xattr_split(b"system.posix_acl_access"),
-            Some((2, &b""[..]))
-        );
+        assert_eq!(xattr_split(b"system.posix_acl_access"), Some((2, &b""[..])));
         assert_eq!(xattr_split(b"system.posix_acl_accessX"), None);
         assert_eq!(xattr_split(b"system.foo"), None);
         assert_eq!(xattr_split(b"security.capability").map(|x| x.0), Some(6));

@@ -6,7 +6,7 @@
 //! panicking.
 
 pub mod format;
-pub mod tree;
-pub mod reader;
 pub mod fsck;
+pub mod reader;
+pub mod tree;
 pub mod writer;

@@ -88,8 +88,14 @@ pub enum Content {
     Dir(BTreeMap<Vec<u8>, NodeId>),
     File(FileData),
     Symlink(Vec<u8>),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
@@ -160,7 +166,11 @@ pub enum TreeError {
     #[error("symlink {path}: target length {len} is outside 1..=4095 or contains NUL")]
     InvalidSymlink { path: String, len: usize },
     #[error("device {path}: {major}:{minor} does not fit the 12-bit major / 20-bit minor encoding")]
-    InvalidDevice { path: String, major: u32, minor: u32 },
+    InvalidDevice {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
     #[error("too many inodes: the limit is {limit}")]
     TooManyNodes { limit: usize },
 }
@@ -339,22 +349,22 @@ impl Tree {
             validate_xattr(k, v)?;
         }
         match &node.content {
-            Content::Symlink(t) => {
-                if t.is_empty() || t.len() as u64 > format::SYMLINK_MAX || t.contains(&0) {
-                    return Err(TreeError::InvalidSymlink {
-                        path: display_path(path),
-                        len: t.len(),
-                    });
-                }
+            Content::Symlink(t)
+                if t.is_empty() || t.len() as u64 > format::SYMLINK_MAX || t.contains(&0) =>
+            {
+                return Err(TreeError::InvalidSymlink {
+                    path: display_path(path),
+                    len: t.len(),
+                });
             }
-            Content::CharDevice { major, minor } | Content::BlockDevice { major, minor } => {
-                if *major > format::DEV_MAJOR_MAX || *minor > format::DEV_MINOR_MAX {
-                    return Err(TreeError::InvalidDevice {
-                        path: display_path(path),
-                        major: *major,
-                        minor: *minor,
-                    });
-                }
+            Content::CharDevice { major, minor } | Content::BlockDevice { major, minor }
+                if *major > format::DEV_MAJOR_MAX || *minor > format::DEV_MINOR_MAX =>
+            {
+                return Err(TreeError::InvalidDevice {
+                    path: display_path(path),
+                    major: *major,
+                    minor: *minor,
+                });
             }
             _ => {}
         }
@@ -382,13 +392,14 @@ impl Tree {
         validate_name(name)?;
         let parent = self.ensure_parent(path)?;
         let existing = self.children(parent).and_then(|c| c.get(name).copied());
-        if let Some(id) = existing {
-            if node.content.is_dir() && self.nodes[id].content.is_dir() {
-                let old = &mut self.nodes[id];
-                old.meta = node.meta;
-                old.xattrs = node.xattrs;
-                return Ok(id);
-            }
+        if let Some(id) = existing
+            && node.content.is_dir()
+            && self.nodes[id].content.is_dir()
+        {
+            let old = &mut self.nodes[id];
+            old.meta = node.meta;
+            old.xattrs = node.xattrs;
+            return Ok(id);
         }
         let id = self.alloc(node)?;
         self.link_child(parent, name.clone(), id);
@@ -425,13 +436,16 @@ impl Tree {
     /// device, unless this layer already has a real entry there, which wins
     /// because a whiteout only hides lower layers (section 10.4).
     pub fn whiteout(&mut self, path: &[Vec<u8>], meta: Meta) -> Result<(), TreeError> {
-        if let Some(id) = self.lookup(path) {
-            if !self.nodes[id].content.is_whiteout() {
-                return Ok(());
-            }
+        if let Some(id) = self.lookup(path)
+            && !self.nodes[id].content.is_whiteout()
+        {
+            return Ok(());
         }
         let meta = Meta { perm: 0, ..meta };
-        self.insert(path, Node::new(meta, Content::CharDevice { major: 0, minor: 0 }))?;
+        self.insert(
+            path,
+            Node::new(meta, Content::CharDevice { major: 0, minor: 0 }),
+        )?;
         Ok(())
     }
 
@@ -583,7 +597,10 @@ mod tests {
             Err(TreeError::InvalidXattr { .. })
         ));
         assert!(matches!(
-            t.insert(&p("r"), Node::new(Meta::default(), Content::Symlink(vec![]))),
+            t.insert(
+                &p("r"),
+                Node::new(Meta::default(), Content::Symlink(vec![]))
+            ),
             Err(TreeError::InvalidSymlink { .. })
         ));
     }

@@ -275,7 +275,11 @@ impl<F: Output> ImageWriter<F> {
         }
         Ok(FileData::Inline {
             size,
-            blkaddr: if nblocks == 0 { format::NULL_ADDR } else { blkaddr },
+            blkaddr: if nblocks == 0 {
+                format::NULL_ADDR
+            } else {
+                blkaddr
+            },
             tail,
         })
     }
@@ -541,7 +545,12 @@ fn encode_chunks(chunks: &[ChunkAddr], out: &mut Vec<u8>) {
 
 /// Append `bytes` as whole blocks to the area after the metadata and
 /// return the first block's address.
-fn alloc_blocks(area: &mut Vec<u8>, next_blk: &mut u64, bs: u64, bytes: &[u8]) -> Result<u32, WriteError> {
+fn alloc_blocks(
+    area: &mut Vec<u8>,
+    next_blk: &mut u64,
+    bs: u64,
+    bytes: &[u8],
+) -> Result<u32, WriteError> {
     let blk = blk_u32(*next_blk)?;
     area.extend_from_slice(bytes);
     area.resize(area.len().next_multiple_of(bs as usize), 0);
@@ -630,9 +639,15 @@ impl Layout {
                 Content::Symlink(target) => {
                     summary.symlinks += 1;
                     let size = target.len() as u64;
-                    if size % bs != 0 {
+                    if !size.is_multiple_of(bs) {
                         let l = format::LAYOUT_FLAT_INLINE;
-                        (l, Body::Symlink { inline: true }, size, format::NULL_ADDR, size)
+                        (
+                            l,
+                            Body::Symlink { inline: true },
+                            size,
+                            format::NULL_ADDR,
+                            size,
+                        )
                     } else {
                         let l = format::LAYOUT_FLAT_PLAIN;
                         (l, Body::Symlink { inline: false }, 0, 0, size)

@@ -197,11 +197,12 @@ impl<F: Output> Applier<'_, F> {
                 Content::File(data)
             }
             EntryKind::HardLink => {
-                let target = path::normalize(&e.link_name).map_err(|source| ConvertError::Path {
-                    name: lossy(&e.link_name),
-                    offset,
-                    source,
-                })?;
+                let target =
+                    path::normalize(&e.link_name).map_err(|source| ConvertError::Path {
+                        name: lossy(&e.link_name),
+                        offset,
+                        source,
+                    })?;
                 return self.tree.hard_link(&comps, &target).map_err(tree_err);
             }
             EntryKind::Symlink => Content::Symlink(e.link_name.clone()),
@@ -366,7 +367,7 @@ pub fn stream_tar<R: Read>(
         spool,
         bytes: 0,
     };
-    let mut tar = TarReader::new(tee, opts.limits.clone());
+    let mut tar = TarReader::new(tee, opts.limits);
     let mut applier = Applier {
         tree,
         writer: &mut writer,

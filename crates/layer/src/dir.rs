@@ -176,8 +176,8 @@ impl<F: Output> Walker<'_, F> {
         };
         let name = OsStr::from_bytes(name);
         self.stats.entries += 1;
-        let st = rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(io_err(&path))?;
+        let st =
+            rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err(&path))?;
         let meta = meta_of(&st);
         let ftype = FileType::from_raw_mode(st.st_mode);
         let tree_err = |source| DirError::Tree {
@@ -204,8 +204,8 @@ impl<F: Output> Walker<'_, F> {
             | OFlags::CLOEXEC
             | OFlags::NOCTTY
             | OFlags::NONBLOCK;
-        let fd = rustix::fs::openat(dirfd, name, open_flags, Mode::empty())
-            .map_err(io_err(&path))?;
+        let fd =
+            rustix::fs::openat(dirfd, name, open_flags, Mode::empty()).map_err(io_err(&path))?;
         let xattrs = match ftype {
             // Symlinks, devices and fifos cannot be read through O_PATH
             // descriptors; the kernel only allows trusted/security xattrs
@@ -232,8 +232,8 @@ impl<F: Output> Walker<'_, F> {
                 (Content::File(data), None)
             }
             FileType::Symlink => {
-                let target = rustix::fs::readlinkat(dirfd, name, Vec::new())
-                    .map_err(io_err(&path))?;
+                let target =
+                    rustix::fs::readlinkat(dirfd, name, Vec::new()).map_err(io_err(&path))?;
                 (Content::Symlink(target.into_bytes()), None)
             }
             FileType::CharacterDevice | FileType::BlockDevice => {
