@@ -266,10 +266,10 @@ fn group_links(listing: &mut Listing, keys: &BTreeMap<Vec<u8>, u64>) {
         *count.entry(*key).or_default() += 1;
     }
     for (path, entry) in listing.iter_mut() {
-        if let Some(key) = keys.get(path) {
-            if count[key] > 1 {
-                entry.link_group = Some(first[key].clone());
-            }
+        if let Some(key) = keys.get(path)
+            && count[key] > 1
+        {
+            entry.link_group = Some(first[key].clone());
         }
     }
 }
