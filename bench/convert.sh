@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Side-by-side conversion benchmark: our in-process writer against
+# mkfs.erofs (erofs-utils >= 1.9.3) on one ~1 GB, ~20k-file layer.
+#
+#   bash bench/convert.sh [RUNS]      (default 5 runs per command)
+#
+# The layer (a debootstrap minbase rootfs plus an unpacked tensorflow-cpu
+# wheel) is built once and cached in .cache/bench/. Inputs are read from
+# the page cache (warm); each output is deleted before its run so no run
+# pays for unlinking the previous image. Commands alternate A B A B so
+# drift hits both sides alike. Prints min/median wall time and peak RSS per
+# command and median ratios; paste the output into docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-5}
+CACHE=$PWD/.cache/bench
+mkdir -p "$CACHE"
+
+build_layer() {
+    local root=$CACHE/rootfs
+    if [ ! -f "$CACHE/layer.tar" ]; then
+        if [ ! -x "$root/bin/sh" ]; then
+            rm -rf "$root"
+            debootstrap --variant=minbase bookworm "$root" >"$CACHE/debootstrap.log"
+        fi
+        if [ ! -d "$root/usr/local/lib/python3.11/dist-packages/tensorflow" ]; then
+            local wheels=$CACHE/wheels
+            mkdir -p "$wheels"
+            ls "$wheels"/tensorflow_cpu-*.whl >/dev/null 2>&1 ||
+                pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+                    --platform manylinux2014_x86_64 -d "$wheels" 'tensorflow-cpu==2.17.*'
+            mkdir -p "$root/usr/local/lib/python3.11/dist-packages"
+            python3 -m zipfile -e "$wheels"/tensorflow_cpu-*.whl \
+                "$root/usr/local/lib/python3.11/dist-packages/"
+        fi
+        tar --numeric-owner --format=pax --sort=name --mtime=@1700000000 \
+            -C "$root" -cf "$CACHE/layer.tar.tmp" .
+        mv "$CACHE/layer.tar.tmp" "$CACHE/layer.tar"
+    fi
+    if [ ! -f "$CACHE/layer.tar.gz" ]; then
+        gzip -6 -n -c "$CACHE/layer.tar" >"$CACHE/layer.tar.gz.tmp"
+        mv "$CACHE/layer.tar.gz.tmp" "$CACHE/layer.tar.gz"
+    fi
+}
+
+build_layer
+cargo build --release --locked -p erofs-snapshotter -p layer --example inflate >/dev/null 2>&1
+BIN=$PWD/target/release/erofs-snapshotter
+INFLATE=$PWD/target/release/examples/inflate
+OUT=$CACHE/out
+mkdir -p "$OUT"
+cat "$CACHE/layer.tar" "$CACHE/layer.tar.gz" >/dev/null
+
+echo "layer: $(du -b "$CACHE/layer.tar" | cut -f1) bytes tar," \
+    "$(du -b "$CACHE/layer.tar.gz" | cut -f1) bytes gzip," \
+    "$(tar -tf "$CACHE/layer.tar" | wc -l) entries"
+echo "machine: $(nproc) cores, $(uname -r), $(mkfs.erofs --version 2>&1 | head -n1)"
+
+# time_cmd NAME CMD... : one run, appends "wall rss" to $OUT/NAME.times
+time_cmd() {
+    local name=$1
+    shift
+    rm -f "$OUT"/*.erofs
+    sync
+    /usr/bin/time -f "%e %M" -o "$OUT/$name.one" "$@" >/dev/null 2>"$OUT/$name.err" || {
+        cat "$OUT/$name.err" >&2
+        exit 1
+    }
+    cat "$OUT/$name.one" >>"$OUT/$name.times"
+}
+
+pairs=(
+    "mkfs-gz|sh -c 'zcat $CACHE/layer.tar.gz | mkfs.erofs --quiet --tar=f -Enoinline_data -T0 $OUT/m.erofs'"
+    "ours-gz|$BIN convert $CACHE/layer.tar.gz $OUT/o.erofs"
+    "mkfs-tar|mkfs.erofs --quiet --tar=f -Enoinline_data -T0 $OUT/m.erofs $CACHE/layer.tar"
+    "ours-tar|$BIN convert $CACHE/layer.tar $OUT/o.erofs"
+    "zcat|sh -c 'zcat $CACHE/layer.tar.gz >/dev/null'"
+    "ours-inflate|$INFLATE $CACHE/layer.tar.gz"
+)
+rm -f "$OUT"/*.times
+for _ in $(seq "$RUNS"); do
+    for p in "${pairs[@]}"; do
+        name=${p%%|*}
+        eval "time_cmd $name ${p#*|}"
+    done
+done
+
+python3 - "$OUT" <<'PY'
+import statistics, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def load(n):
+    rows = [l.split() for l in (out / f"{n}.times").read_text().splitlines() if l.strip()]
+    wall = [float(r[0]) for r in rows]
+    rss = [int(r[1]) for r in rows]
+    return wall, rss
+names = ["mkfs-gz", "ours-gz", "mkfs-tar", "ours-tar", "zcat", "ours-inflate"]
+data = {n: load(n) for n in names}
+print(f"\n| command | runs | wall min (s) | wall median (s) | peak RSS median (MiB) |")
+print("|---|---|---|---|---|")
+for n in names:
+    w, r = data[n]
+    print(f"| {n} | {len(w)} | {min(w):.2f} | {statistics.median(w):.2f} | {statistics.median(r)/1024:.1f} |")
+def ratio(a, b):
+    return statistics.median(data[a][0]) / statistics.median(data[b][0])
+print()
+print(f"| comparison | median ratio |")
+print("|---|---|")
+print(f"| zcat \\| mkfs.erofs --tar=f  /  ours from .tar.gz | {ratio('mkfs-gz','ours-gz'):.2f}x faster |")
+print(f"| mkfs.erofs --tar=f  /  ours from .tar | {ratio('mkfs-tar','ours-tar'):.2f}x faster |")
+print(f"| ours from .tar.gz  /  our inflate alone | {ratio('ours-gz','ours-inflate'):.2f}x |")
+print(f"| zcat alone  /  our inflate alone | {ratio('zcat','ours-inflate'):.2f}x |")
+PY
