@@ -227,6 +227,12 @@ impl<F: Output> Applier<'_, F> {
 /// mode: one chunk per file where possible (section 11 of the format
 /// reference).
 fn index_chunks(e: &Entry) -> Result<FileData, String> {
+    // A GNU sparse file's stored bytes are not its logical content (holes
+    // are omitted), so one contiguous range from data_offset would point at
+    // the wrong bytes, and past the entry into later headers.
+    if e.sparse.is_some() {
+        return Err("GNU sparse files cannot be referenced in tar-index mode".into());
+    }
     if e.size == 0 {
         return Ok(FileData::EMPTY);
     }

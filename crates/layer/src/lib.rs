@@ -20,8 +20,9 @@
 //!   yields a different entry list here than in containerd, which is the
 //!   property the TARmageddon family of bugs (CVE-2025-62518, CVE-2026-33055)
 //!   broke in other Rust readers. Where we deliberately differ, we only ever
-//!   *reject* more (GNU sparse files, unknown entry types, ids that do not fit);
-//!   see the module docs.
+//!   *reject* more (old-GNU `S` sparse files, unknown entry types, ids that do
+//!   not fit); see the module docs. PAX-format GNU sparse files are expanded
+//!   as Go does.
 //! * [`path`] turns an archive name into layer-relative components and rejects
 //!   `..`, so nothing downstream ever sees an escaping name.
 //! * [`whiteout`] classifies OCI/AUFS whiteout names (`.wh.NAME`,

@@ -11,8 +11,10 @@
 //! "smuggled" entries the other never saw. This module follows Go 1.24's
 //! `reader.go` decision by decision (comments cite the Go function), and the
 //! differential test in `tests/go_oracle.rs` runs both over an adversarial
-//! corpus. Where we deviate we only ever *reject* an archive Go accepts; we
-//! never accept one Go rejects and never yield a different entry list.
+//! corpus. Where we deviate we *reject* an archive Go accepts; we never
+//! accept one Go rejects and never yield a different entry list. (One
+//! interpretation differs without changing any boundary: typeflag `'7'`, see
+//! below.)
 //!
 //! # What matches Go
 //!
@@ -33,7 +35,9 @@
 //! * GNU `L`/`K` long names and links; they win over PAX `path`/`linkpath`
 //!   (Go applies them after the PAX merge).
 //! * Typeflag `'\0'` is a regular file, or a directory if the name ends in
-//!   `/`; `'7'` (contiguous) is a regular file.
+//!   `/`. `'7'` (contiguous file) is read as a regular file, as GNU tar does;
+//!   Go reports it as type `'7'` with the same data, and containerd's applier
+//!   would then refuse the layer ("unhandled tar header type").
 //! * Links, symlinks, devices, directories and FIFOs have **no data** whatever
 //!   their size field says; bytes after such a header are the next header.
 //! * End of archive: two zero blocks; also a single zero block followed by
@@ -42,13 +46,23 @@
 //!   error. Pending `x`/`L`/`K` metadata at the end is dropped, as in Go.
 //! * PAX/long-name payloads are limited to 1 MiB by default (Go's
 //!   `maxSpecialFileSize`).
+//! * PAX-format GNU sparse files (formats 0.0, 0.1 and 1.0, detected exactly
+//!   as Go's `readGNUSparsePAXHeaders` does, including `GNU.sparse.name` and
+//!   `GNU.sparse.size`/`realsize`) are expanded: [`TarReader::data`] yields
+//!   the logical bytes with holes as zeros, and [`Entry::sparse`] describes
+//!   the stored regions (needed by tar-index mode, where the data is not one
+//!   contiguous range). The map is validated when the entry is returned, so
+//!   a map that does not cover exactly the stored bytes is an error from
+//!   `next_entry` (Go reports it while reading the data).
 //!
 //! # Deliberate deviations (all stricter)
 //!
-//! * **GNU sparse files** (type `S`, or any `GNU.sparse.*` PAX record) are
-//!   rejected with [`TarError::Unsupported`]. Go expands them; layers almost
-//!   never contain them, and the data-offset bookkeeping for tar-index mode
-//!   cannot describe them anyway.
+//! * **Old GNU sparse files** (type `S`) are rejected with
+//!   [`TarError::Unsupported`]. Go lists them with typeflag `S`, and
+//!   containerd's applier then fails with "unhandled tar header type", so
+//!   such a layer never unpacks there either.
+//! * The sparse 1.0 map (stored at the start of the entry data) is bounded by
+//!   [`Limits::max_pax_size`]; Go buffers a map of any size.
 //! * **Unknown typeflags** (`V` volume labels, `M` multi-volume, `N`, `D` dump
 //!   directories, vendor letters, ...) are rejected with
 //!   [`TarError::UnknownType`]. Go returns them as opaque entries and
@@ -92,8 +106,9 @@ pub struct Limits {
     /// Maximum number of entries returned (inode-exhaustion bound; go-microvm
     /// uses the same 1,000,000).
     pub max_entries: u64,
-    /// Maximum size of one PAX extended header payload (`x` or `g`). The
-    /// default equals Go's limit; raising it accepts archives Go rejects.
+    /// Maximum size of one PAX extended header payload (`x` or `g`), and of
+    /// a GNU sparse 1.0 map. The default equals Go's PAX limit; raising it
+    /// accepts archives Go rejects.
     pub max_pax_size: u64,
     /// Maximum size of one GNU `L`/`K` payload (Go: same 1 MiB limit).
     pub max_long_name_size: u64,
@@ -168,7 +183,7 @@ pub enum TarError {
         /// Offset of the header.
         offset: u64,
     },
-    /// A valid feature we deliberately do not support (GNU sparse files).
+    /// A valid feature we deliberately do not support (old GNU sparse files).
     #[error("unsupported entry at offset {offset}: {what}")]
     Unsupported {
         /// What was found.
@@ -292,12 +307,44 @@ pub struct Entry {
     /// keeps its first position and its last value), raw value bytes, empty
     /// values included. Names are not validated here.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Offset of the first data byte in the uncompressed stream (512-aligned),
-    /// for tar-index mode.
+    /// Offset of the first stored data byte in the uncompressed stream
+    /// (512-aligned), for tar-index mode. For sparse entries the stored bytes
+    /// are the [`Entry::sparse`] regions back to back, not the logical file.
     pub data_offset: u64,
     /// Offset of this entry's own header block (after any `x`/`L`/`K`
     /// extension headers that precede it).
     pub header_offset: u64,
+    /// For GNU sparse files (PAX formats), the data regions in logical order;
+    /// everything else in `0..size` is a hole. Their bytes are stored back to
+    /// back from `data_offset`. `None` for ordinary files.
+    pub sparse: Option<Vec<SparseRegion>>,
+}
+
+/// A data region of a sparse file: `length` stored bytes that belong at
+/// logical `offset`. Zero-length regions are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseRegion {
+    /// Logical offset in the file.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+impl SparseRegion {
+    /// Logical end offset (exclusive). Validated maps never overflow.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+/// Position inside a sparse entry's logical data.
+#[derive(Debug)]
+struct SparseCursor {
+    regions: Vec<SparseRegion>,
+    /// First region that does not end at or before `pos`.
+    next: usize,
+    /// Logical position.
+    pos: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,10 +363,15 @@ pub struct TarReader<R> {
     limits: Limits,
     /// Bytes consumed from `inner`.
     pos: u64,
-    /// Unread data bytes of the current entry.
+    /// Logical data bytes of the current entry not yet handed out.
     remaining: u64,
+    /// Stored data bytes of the current entry still in the stream (equal to
+    /// `remaining` except for sparse entries).
+    stored: u64,
     /// Padding bytes after the current entry's data.
     padding: usize,
+    /// Hole/data layout of the current entry if it is sparse.
+    sparse: Option<SparseCursor>,
     state: State,
     entries: u64,
     metadata_bytes: u64,
@@ -367,7 +419,9 @@ impl<R: Read> TarReader<R> {
             limits,
             pos: 0,
             remaining: 0,
+            stored: 0,
             padding: 0,
+            sparse: None,
             state: State::Entries,
             entries: 0,
             metadata_bytes: 0,
@@ -485,13 +539,14 @@ impl<R: Read> TarReader<R> {
     /// when the stream ended inside the padding, which Go treats as the end
     /// of the archive (`tryReadFull` → `io.EOF`).
     fn skip_current(&mut self) -> Result<bool, TarError> {
-        if self.remaining > 0 {
+        self.remaining = 0;
+        self.sparse = None;
+        if self.stored > 0 {
             self.grow_scratch(SKIP_BUFFER);
-            while self.remaining > 0 {
-                let want =
-                    usize::try_from(self.remaining).map_or(SKIP_BUFFER, |r| r.min(SKIP_BUFFER));
+            while self.stored > 0 {
+                let want = clamp(SKIP_BUFFER, self.stored);
                 let n = read_full(&mut self.inner, &mut self.pos, &mut self.scratch[..want])?;
-                self.remaining = self.remaining.saturating_sub(n as u64);
+                self.stored = self.stored.saturating_sub(n as u64);
                 if n < want {
                     return Err(TarError::Truncated { offset: self.pos });
                 }
@@ -600,15 +655,10 @@ impl<R: Read> TarReader<R> {
         } = hdr;
         let mut mtime = (mtime, 0u32);
         let mut xattrs = Vec::new();
+        let mut gnu_sparse = GnuSparse::default();
 
         // Go: mergePAX. Empty values keep the header's value.
         if let Some(pax) = pending.pax {
-            if pax.sparse {
-                return Err(TarError::Unsupported {
-                    what: "GNU sparse file (PAX GNU.sparse.* records)",
-                    offset,
-                });
-            }
             let bad = |reason| TarError::InvalidPax { offset, reason };
             if let Some(v) = non_empty(pax.path) {
                 name = v;
@@ -641,6 +691,7 @@ impl<R: Read> TarReader<R> {
                 size = go_parse_int(&v).ok_or(bad("invalid size record"))?;
             }
             xattrs = pax.xattrs;
+            gnu_sparse = pax.sparse;
         }
         if let Some(v) = pending.long_name.and_then(|v| non_empty(Some(v))) {
             name = v;
@@ -675,13 +726,60 @@ impl<R: Read> TarReader<R> {
             }
         };
         // Go: the second handleRegularFile, with the merged size and type.
-        let size = if is_header_only(typeflag) {
+        let mut stored = if is_header_only(typeflag) {
             0
         } else {
             u64::try_from(size).map_err(|_| TarError::InvalidHeader {
                 offset,
                 reason: "negative size",
             })?
+        };
+        let padding = padding(stored);
+        let mut logical = stored;
+
+        // Go: handleSparseFile / readGNUSparsePAXHeaders.
+        let sparse = match gnu_sparse.format() {
+            None => None,
+            Some(format) => {
+                let bad = |reason| TarError::InvalidPax { offset, reason };
+                if let Some(v) = non_empty(gnu_sparse.name.take()) {
+                    name = v;
+                }
+                let size_record = non_empty(gnu_sparse.size.take())
+                    .or_else(|| non_empty(gnu_sparse.realsize.take()));
+                let logical_size = match size_record {
+                    Some(v) => go_parse_int(&v).ok_or(bad("invalid GNU.sparse.size record"))?,
+                    None => size,
+                };
+                if is_header_only(typeflag) {
+                    return Err(TarError::InvalidHeader {
+                        offset,
+                        reason: "header-only entry with a GNU sparse map",
+                    });
+                }
+                let map = match format {
+                    SparseFormat::V0 => {
+                        parse_sparse_map_0x(&gnu_sparse).ok_or(bad("invalid GNU sparse 0.x map"))?
+                    }
+                    SparseFormat::V1 => self.read_sparse_map_1x0(&mut stored, offset)?,
+                };
+                let invalid = |reason| TarError::InvalidHeader { offset, reason };
+                let regions = validate_sparse_map(&map, logical_size)
+                    .ok_or(invalid("invalid GNU sparse map"))?;
+                // Go reports missing or unreferenced stored bytes while the
+                // data is read (errMissData/errUnrefData); checking up front
+                // rejects the same archives before any byte is handed out.
+                let mapped = regions
+                    .iter()
+                    .fold(0u64, |acc, r| acc.saturating_add(r.length));
+                if mapped != stored {
+                    return Err(invalid(
+                        "GNU sparse map does not match the stored data size",
+                    ));
+                }
+                logical = u64::try_from(logical_size).map_err(|_| invalid("negative size"))?;
+                Some(regions)
+            }
         };
 
         let out_of_range = |what| TarError::OutOfRange { what, offset };
@@ -706,10 +804,19 @@ impl<R: Read> TarReader<R> {
         if linkname.len() as u64 > self.limits.max_path_len {
             return Err(limit("link target too long"));
         }
-        let metadata = [name.len(), linkname.len(), uname.len(), gname.len()]
-            .into_iter()
-            .chain(xattrs.iter().map(|(k, v)| k.len().saturating_add(v.len())))
-            .fold(0u64, |acc, n| acc.saturating_add(n as u64));
+        let sparse_map_bytes = sparse
+            .as_ref()
+            .map_or(0, |r| r.len().saturating_mul(size_of::<SparseRegion>()));
+        let metadata = [
+            name.len(),
+            linkname.len(),
+            uname.len(),
+            gname.len(),
+            sparse_map_bytes,
+        ]
+        .into_iter()
+        .chain(xattrs.iter().map(|(k, v)| k.len().saturating_add(v.len())))
+        .fold(0u64, |acc, n| acc.saturating_add(n as u64));
         self.metadata_bytes = self.metadata_bytes.saturating_add(metadata);
         if self.metadata_bytes > self.limits.max_metadata_bytes {
             return Err(limit("total metadata size"));
@@ -719,8 +826,14 @@ impl<R: Read> TarReader<R> {
             return Err(limit("too many entries"));
         }
 
-        self.remaining = size;
-        self.padding = padding(size);
+        self.remaining = logical;
+        self.stored = stored;
+        self.padding = padding;
+        self.sparse = sparse.as_ref().map(|regions| SparseCursor {
+            regions: regions.clone(),
+            next: 0,
+            pos: 0,
+        });
         Ok(Entry {
             path: name,
             link_name: linkname,
@@ -732,13 +845,74 @@ impl<R: Read> TarReader<R> {
             gname,
             mtime: mtime.0,
             mtime_nsec: mtime.1,
-            size,
+            size: logical,
             dev_major,
             dev_minor,
             xattrs,
             data_offset: self.pos,
             header_offset: offset,
+            sparse,
         })
+    }
+
+    /// Go: `readGNUSparseMap1x0`. The map is a newline-separated decimal list
+    /// (count, then offset/length pairs) at the start of the stored data,
+    /// padded to whole blocks. Reads it and reduces `stored` accordingly.
+    fn read_sparse_map_1x0(
+        &mut self,
+        stored: &mut u64,
+        offset: u64,
+    ) -> Result<Vec<(i64, i64)>, TarError> {
+        let bad = |reason| TarError::InvalidPax { offset, reason };
+        let mut map: Vec<u8> = Vec::new();
+        let mut newlines = 0usize;
+        // Newlines needed: first the count line, then two per entry.
+        let mut needed = 1usize;
+        let mut counted = false;
+        loop {
+            while newlines < needed {
+                if *stored < BLOCK as u64 {
+                    // Go: io.ErrUnexpectedEOF from the entry's data reader.
+                    return Err(bad("GNU sparse 1.0 map extends past the entry data"));
+                }
+                if map.len() as u64 + BLOCK as u64 > self.limits.max_pax_size {
+                    return Err(TarError::Limit {
+                        what: "GNU sparse map too large",
+                        offset,
+                    });
+                }
+                let start = map.len();
+                map.resize(start + BLOCK, 0);
+                let n = read_full(&mut self.inner, &mut self.pos, &mut map[start..])?;
+                if n < BLOCK {
+                    return Err(TarError::Truncated { offset: self.pos });
+                }
+                *stored -= BLOCK as u64;
+                newlines += map[start..].iter().filter(|&&c| c == b'\n').count();
+            }
+            if counted {
+                break;
+            }
+            let first = map.split(|&c| c == b'\n').next().unwrap_or_default();
+            let n = go_parse_int(first)
+                .filter(|&n| n >= 0)
+                .ok_or(bad("invalid GNU sparse 1.0 entry count"))?;
+            needed = n
+                .checked_mul(2)
+                .and_then(|t| t.checked_add(1))
+                .and_then(|t| usize::try_from(t).ok())
+                .ok_or(bad("invalid GNU sparse 1.0 entry count"))?;
+            counted = true;
+        }
+        let mut tokens = map.split(|&c| c == b'\n').skip(1).take(needed - 1);
+        let mut entries = Vec::with_capacity((needed - 1) / 2);
+        while let (Some(off), Some(len)) = (tokens.next(), tokens.next()) {
+            match (go_parse_int(off), go_parse_int(len)) {
+                (Some(off), Some(len)) => entries.push((off, len)),
+                _ => return Err(bad("invalid GNU sparse 1.0 map entry")),
+            }
+        }
+        Ok(entries)
     }
 
     fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -748,24 +922,48 @@ impl<R: Read> TarReader<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = usize::try_from(self.remaining).map_or(buf.len(), |r| r.min(buf.len()));
-        match self.inner.read(&mut buf[..want]) {
-            Ok(0) => {
-                self.state = State::Failed;
-                Err(TarError::Truncated { offset: self.pos }.into())
+        let cap = clamp(buf.len(), self.remaining);
+        // Where the next bytes come from: the stream, or a hole of zeros.
+        let (from_stream, want) = match &mut self.sparse {
+            None => (true, cap),
+            Some(c) => {
+                while c.regions.get(c.next).is_some_and(|r| r.end() <= c.pos) {
+                    c.next += 1;
+                }
+                match c.regions.get(c.next) {
+                    Some(r) if c.pos >= r.offset => (true, clamp(cap, r.end() - c.pos)),
+                    Some(r) => (false, clamp(cap, r.offset - c.pos)),
+                    None => (false, cap),
+                }
             }
-            Ok(n) => {
-                let n = n.min(want);
-                self.remaining -= n as u64;
-                self.pos = self.pos.saturating_add(n as u64);
-                Ok(n)
+        };
+        let n = if from_stream {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.state = State::Failed;
+                    return Err(TarError::Truncated { offset: self.pos }.into());
+                }
+                Ok(n) => {
+                    let n = n.min(want);
+                    self.stored = self.stored.saturating_sub(n as u64);
+                    self.pos = self.pos.saturating_add(n as u64);
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) => {
+                    self.state = State::Failed;
+                    return Err(e);
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
-            Err(e) => {
-                self.state = State::Failed;
-                Err(e)
-            }
+        } else {
+            buf[..want].fill(0);
+            want
+        };
+        self.remaining -= n as u64;
+        if let Some(c) = &mut self.sparse {
+            c.pos += n as u64;
         }
+        Ok(n)
     }
 }
 
@@ -811,7 +1009,104 @@ struct Pax {
     ctime: Option<Vec<u8>>,
     size: Option<Vec<u8>>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    sparse: bool,
+    sparse: GnuSparse,
+}
+
+/// The `GNU.sparse.*` records Go's sparse support reads.
+#[derive(Default)]
+struct GnuSparse {
+    major: Option<Vec<u8>>,
+    minor: Option<Vec<u8>>,
+    name: Option<Vec<u8>>,
+    size: Option<Vec<u8>>,
+    realsize: Option<Vec<u8>>,
+    numblocks: Option<Vec<u8>>,
+    /// `GNU.sparse.map`, or the 0.0 `offset`/`numbytes` values joined with
+    /// commas (Go rewrites 0.0 into 0.1 this way).
+    map: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SparseFormat {
+    /// 0.0 and 0.1: the map is in the PAX records.
+    V0,
+    /// 1.0: the map is at the start of the data.
+    V1,
+}
+
+impl GnuSparse {
+    /// Go: the version switch in `readGNUSparsePAXHeaders`.
+    fn format(&self) -> Option<SparseFormat> {
+        let (major, minor) = (record(&self.major), record(&self.minor));
+        match (major, minor) {
+            (b"0", b"0" | b"1") => Some(SparseFormat::V0),
+            (b"1", b"0") => Some(SparseFormat::V1),
+            // An unknown version: Go treats the entry as a plain file.
+            _ if !major.is_empty() || !minor.is_empty() => None,
+            _ if !record(&self.map).is_empty() => Some(SparseFormat::V0),
+            _ => None,
+        }
+    }
+}
+
+/// A record's value, or empty if absent (Go's map lookup).
+fn record(v: &Option<Vec<u8>>) -> &[u8] {
+    v.as_deref().unwrap_or_default()
+}
+
+/// Go: `readGNUSparseMap0x1`.
+fn parse_sparse_map_0x(gs: &GnuSparse) -> Option<Vec<(i64, i64)>> {
+    let count = go_parse_int(record(&gs.numblocks))
+        .filter(|&n| n >= 0)?
+        .checked_mul(2)?;
+    let map = record(&gs.map);
+    let parts: Vec<&[u8]> = if map.is_empty() {
+        Vec::new()
+    } else {
+        map.split(|&c| c == b',').collect()
+    };
+    if i64::try_from(parts.len()).ok()? != count {
+        return None;
+    }
+    parts
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [off, len] => Some((go_parse_int(off)?, go_parse_int(len)?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Go: `validateSparseEntries`: non-negative, no overflow, within `size`,
+/// sorted and non-overlapping. Returns the non-empty regions.
+fn validate_sparse_map(map: &[(i64, i64)], size: i64) -> Option<Vec<SparseRegion>> {
+    if size < 0 {
+        return None;
+    }
+    let mut previous_end = 0i64;
+    let mut regions = Vec::with_capacity(map.len());
+    for &(offset, length) in map {
+        if offset < 0 || length < 0 {
+            return None;
+        }
+        let end = offset.checked_add(length)?;
+        if end > size || previous_end > offset {
+            return None;
+        }
+        previous_end = end;
+        if length > 0 {
+            regions.push(SparseRegion {
+                offset: u64::try_from(offset).ok()?,
+                length: u64::try_from(length).ok()?,
+            });
+        }
+    }
+    Some(regions)
+}
+
+/// `min(cap, limit)` for a buffer length and a 64-bit count.
+fn clamp(cap: usize, limit: u64) -> usize {
+    usize::try_from(limit).map_or(cap, |l| cap.min(l))
 }
 
 /// The fields of one header block, as Go's `readHeader` parses them.
@@ -1075,10 +1370,26 @@ fn parse_pax(mut buf: &[u8], offset: u64) -> Result<Pax, TarError> {
                 if want_offset != (key == b"GNU.sparse.offset") || value.contains(&b',') {
                     return Err(bad("malformed GNU sparse 0.0 records"));
                 }
+                // Go: the joined values replace any GNU.sparse.map record.
+                let map = match (sparse_records, &mut pax.sparse.map) {
+                    (1.., Some(map)) => {
+                        map.push(b',');
+                        map
+                    }
+                    (_, slot) => slot.insert(Vec::new()),
+                };
+                map.extend_from_slice(value);
                 sparse_records += 1;
-                pax.sparse = true;
                 continue;
             }
+            b"GNU.sparse.map" if sparse_records > 0 => continue,
+            b"GNU.sparse.map" => &mut pax.sparse.map,
+            b"GNU.sparse.major" => &mut pax.sparse.major,
+            b"GNU.sparse.minor" => &mut pax.sparse.minor,
+            b"GNU.sparse.name" => &mut pax.sparse.name,
+            b"GNU.sparse.size" => &mut pax.sparse.size,
+            b"GNU.sparse.realsize" => &mut pax.sparse.realsize,
+            b"GNU.sparse.numblocks" => &mut pax.sparse.numblocks,
             b"path" => &mut pax.path,
             b"linkpath" => &mut pax.linkpath,
             b"uname" => &mut pax.uname,
@@ -1102,8 +1413,6 @@ fn parse_pax(mut buf: &[u8], offset: u64) -> Result<Pax, TarError> {
                             pax.xattrs.push((name.to_vec(), value.to_vec()));
                         }
                     }
-                } else if key.starts_with(b"GNU.sparse.") {
-                    pax.sparse = true;
                 }
                 continue;
             }

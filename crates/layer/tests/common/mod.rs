@@ -842,29 +842,33 @@ pub fn corpus() -> Vec<Case> {
             "gnu-sparse-S",
             cat(&[&Hdr::gnu(b"sparse", b'S', 0).alone(), &end()]),
         ),
-        stricter(
-            "pax-sparse-1.0",
+        case(
+            "pax-sparse-unknown-version",
             cat(&[
                 &pax(
                     b'x',
-                    &[
-                        (b"GNU.sparse.major", b"1"),
-                        (b"GNU.sparse.minor", b"0"),
-                        (b"GNU.sparse.name", b"s"),
-                        (b"GNU.sparse.realsize", b"10"),
-                    ],
+                    &[(b"GNU.sparse.major", b"9"), (b"GNU.sparse.map", b"0,1")],
                 ),
-                &file(
-                    b"GNUSparseFile/s",
-                    &[b"1\n0\n3\n"[..].to_vec(), vec![0; 506], b"abc".to_vec()].concat(),
-                ),
+                &file(b"f", b"x"),
                 &end(),
             ]),
         ),
-        stricter(
-            "pax-sparse-unknown-version",
+        case(
+            "pax-sparse-name-only",
             cat(&[
-                &pax(b'x', &[(b"GNU.sparse.major", b"9")]),
+                &pax(b'x', &[(b"GNU.sparse.name", b"renamed")]),
+                &file(b"f", b"x"),
+                &end(),
+            ]),
+        ),
+        case(
+            "x-sparse-g-file",
+            cat(&[
+                &pax(
+                    b'x',
+                    &[(b"GNU.sparse.map", b"0,1"), (b"GNU.sparse.numblocks", b"1")],
+                ),
+                &pax(b'g', &[]),
                 &file(b"f", b"x"),
                 &end(),
             ]),
@@ -900,6 +904,11 @@ pub fn corpus() -> Vec<Case> {
             ]),
         ),
     ];
+    v.extend(
+        sparse_cases()
+            .into_iter()
+            .map(|(name, bytes)| case(name, bytes)),
+    );
     // Every case with a valid end marker, also with the marker stripped.
     let stripped: Vec<Case> = v
         .iter()
@@ -912,4 +921,225 @@ pub fn corpus() -> Vec<Case> {
         .collect();
     v.extend(stripped);
     v
+}
+
+/// A PAX-format GNU sparse file: the `x` records, a regular file header
+/// named `name` whose stored data is `stored`, and the end marker.
+pub fn sparse_file(records: &[(&[u8], &[u8])], name: &[u8], stored: &[u8]) -> Vec<u8> {
+    cat(&[&pax(b'x', records), &file(name, stored), &end()])
+}
+
+/// The 1.0 format's in-data map: decimal lines padded to whole blocks.
+pub fn sparse_map_1x0(entries: &[(i64, i64)]) -> Vec<u8> {
+    let mut m = format!("{}\n", entries.len()).into_bytes();
+    for (o, l) in entries {
+        m.extend(format!("{o}\n{l}\n").into_bytes());
+    }
+    let padded = m.len() + pad(m.len());
+    m.resize(padded, 0);
+    m
+}
+
+/// Logical content shared by the valid sparse cases: "abc" at 0, "de" at 10,
+/// size 20.
+pub const SPARSE_LOGICAL: &[u8] = b"abc\0\0\0\0\0\0\0de\0\0\0\0\0\0\0\0";
+
+const V1: [(&[u8], &[u8]); 2] = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0")];
+
+/// A 1.0-format sparse file with the given map, logical size and data.
+pub fn sparse_v1(entries: &[(i64, i64)], size: &[u8], data: &[u8]) -> Vec<u8> {
+    let stored = cat(&[&sparse_map_1x0(entries), data]);
+    sparse_file(
+        &[
+            V1[0],
+            V1[1],
+            (b"GNU.sparse.name", b"sparse-v1"),
+            (b"GNU.sparse.realsize", size),
+        ],
+        b"GNUSparseFile.0/sparse-v1",
+        &stored,
+    )
+}
+
+/// Sparse archives, valid and invalid, in all three PAX formats.
+pub fn sparse_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let v00: [(&[u8], &[u8]); 5] = [
+        (b"GNU.sparse.numblocks", b"2"),
+        (b"GNU.sparse.offset", b"0"),
+        (b"GNU.sparse.numbytes", b"3"),
+        (b"GNU.sparse.offset", b"10"),
+        (b"GNU.sparse.numbytes", b"2"),
+    ];
+    let v01 =
+        |numblocks: &'static [u8], map: &'static [u8]| -> Vec<(&'static [u8], &'static [u8])> {
+            vec![
+                (b"GNU.sparse.major", b"0"),
+                (b"GNU.sparse.minor", b"1"),
+                (b"GNU.sparse.name", b"sparse-v01"),
+                (b"GNU.sparse.realsize", b"20"),
+                (b"GNU.sparse.numblocks", numblocks),
+                (b"GNU.sparse.map", map),
+            ]
+        };
+    let many: Vec<(i64, i64)> = (0..100).map(|i| (i * 1000, 1)).collect();
+    let v1_records: [(&[u8], &[u8]); 3] = [V1[0], V1[1], (b"GNU.sparse.realsize", b"3")];
+    vec![
+        (
+            "sparse-0.0",
+            sparse_file(
+                &[&[(&b"GNU.sparse.size"[..], &b"20"[..])][..], &v00].concat(),
+                b"sparse-v00",
+                b"abcde",
+            ),
+        ),
+        (
+            "sparse-0.0-overrides-map-record",
+            sparse_file(
+                &[
+                    &[
+                        (&b"GNU.sparse.map"[..], &b"0,5"[..]),
+                        (b"GNU.sparse.size", b"20"),
+                    ][..],
+                    &v00,
+                    &[(b"GNU.sparse.map", b"0,5")],
+                ]
+                .concat(),
+                b"sparse-v00",
+                b"abcde",
+            ),
+        ),
+        (
+            "sparse-0.1",
+            sparse_file(
+                &v01(b"2", b"0,3,10,2"),
+                b"GNUSparseFile.0/sparse-v01",
+                b"abcde",
+            ),
+        ),
+        (
+            "sparse-0.1-no-version",
+            sparse_file(
+                &[
+                    (b"GNU.sparse.size", b"20"),
+                    (b"GNU.sparse.numblocks", b"2"),
+                    (b"GNU.sparse.map", b"0,3,10,2"),
+                ],
+                b"s",
+                b"abcde",
+            ),
+        ),
+        ("sparse-1.0", sparse_v1(&[(0, 3), (10, 2)], b"20", b"abcde")),
+        (
+            "sparse-1.0-two-block-map",
+            sparse_v1(&many, b"100000", &[b'x'; 100]),
+        ),
+        (
+            "sparse-1.0-zero-length-regions",
+            sparse_v1(&[(0, 0), (0, 3), (5, 0), (10, 2), (20, 0)], b"20", b"abcde"),
+        ),
+        (
+            "sparse-all-holes",
+            sparse_file(&v01(b"0", b""), b"holes", b""),
+        ),
+        (
+            "sparse-no-size-record",
+            sparse_file(
+                &[(b"GNU.sparse.numblocks", b"1"), (b"GNU.sparse.map", b"1,4")],
+                b"s",
+                b"abcd",
+            ),
+        ),
+        (
+            "sparse-name-beats-long-name",
+            cat(&[
+                &gnu_long(b'L', b"from-L"),
+                &sparse_file(
+                    &[
+                        (b"GNU.sparse.name", b"from-sparse"),
+                        (b"GNU.sparse.size", b"5"),
+                        (b"GNU.sparse.numblocks", b"1"),
+                        (b"GNU.sparse.map", b"0,5"),
+                    ],
+                    b"hdr",
+                    b"abcde",
+                ),
+            ]),
+        ),
+        (
+            "sparse-overlap",
+            sparse_v1(&[(0, 5), (3, 2)], b"20", b"abcdefg"),
+        ),
+        (
+            "sparse-unsorted",
+            sparse_v1(&[(10, 2), (0, 3)], b"20", b"abcde"),
+        ),
+        (
+            "sparse-beyond-size",
+            sparse_v1(&[(0, 3), (19, 2)], b"20", b"abcde"),
+        ),
+        ("sparse-negative-size", sparse_v1(&[(0, 3)], b"-1", b"abc")),
+        ("sparse-bad-size", sparse_v1(&[(0, 3)], b"2O", b"abc")),
+        (
+            "sparse-unreferenced-data",
+            sparse_v1(&[(0, 3), (10, 2)], b"20", b"abcdef"),
+        ),
+        (
+            "sparse-missing-data",
+            sparse_v1(&[(0, 3), (10, 2)], b"20", b"abcd"),
+        ),
+        (
+            "sparse-1.0-map-past-data",
+            sparse_file(&v1_records, b"s", b"1\n0\n3\nabc"),
+        ),
+        (
+            "sparse-1.0-bad-count",
+            sparse_file(&v1_records, b"s", &cat(&[b"-1\n", &[0; 509], b"abc"])),
+        ),
+        (
+            "sparse-1.0-count-too-large",
+            sparse_file(&v1_records, b"s", &cat(&[b"99\n0\n3\n", &[0; 504], b"abc"])),
+        ),
+        (
+            "sparse-1.0-bad-entry",
+            sparse_file(&v1_records, b"s", &cat(&[b"1\n0\nx3\n", &[0; 505], b"abc"])),
+        ),
+        (
+            "sparse-0.1-count-mismatch",
+            sparse_file(&v01(b"3", b"0,3,10,2"), b"s", b"abcde"),
+        ),
+        (
+            "sparse-0.1-missing-numblocks",
+            sparse_file(
+                &[
+                    (b"GNU.sparse.realsize", b"20"),
+                    (b"GNU.sparse.map", b"0,3,10,2"),
+                ],
+                b"s",
+                b"abcde",
+            ),
+        ),
+        (
+            "sparse-0.1-bad-number",
+            sparse_file(&v01(b"2", b"0,3,1O,2"), b"s", b"abcde"),
+        ),
+        (
+            "sparse-on-directory",
+            cat(&[
+                &pax(
+                    b'x',
+                    &[(b"GNU.sparse.numblocks", b"1"), (b"GNU.sparse.map", b"0,0")],
+                ),
+                &dir(b"d"),
+                &end(),
+            ]),
+        ),
+        (
+            "sparse-on-symlink-v1",
+            cat(&[
+                &pax(b'x', &V1),
+                &Hdr::ustar(b"l", b'2', 0).bytes(LINKNAME, b"t").alone(),
+                &end(),
+            ]),
+        ),
+    ]
 }
