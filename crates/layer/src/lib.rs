@@ -43,7 +43,7 @@ pub mod whiteout;
 pub use compression::Compression;
 pub use digest::{Digest, DigestReader};
 pub use path::{PathError, normalize};
-pub use tar::{Entry, EntryKind, Limits, TarError, TarReader};
+pub use tar::{Entry, EntryKind, Limits, SparseRegion, TarError, TarReader};
 pub use whiteout::{Whiteout, WhiteoutError, classify};
 
 /// Shared archive builders and the adversarial corpus, also used by the
