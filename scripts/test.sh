@@ -11,6 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 bash scripts/setup.sh
+# Real-world trees (debootstrap rootfs, Python package tree), built once.
+EROFS_TEST_CORPUS=$(bash scripts/corpus.sh)
+export EROFS_TEST_CORPUS
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
