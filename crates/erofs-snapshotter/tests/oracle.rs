@@ -670,6 +670,34 @@ fn whiteout_tar_becomes_overlayfs_whiteouts() {
     );
 }
 
+/// An opaque marker may come before its directory's own member (nothing
+/// in the OCI spec orders them); the later `d/` member must not drop the
+/// opaque xattr. containerd only ever sets xattrs on an existing
+/// directory, so `d` stays opaque there.
+#[test]
+fn opaque_marker_before_its_directory_member_keeps_the_directory_opaque() {
+    if !prereqs(&[]) {
+        return;
+    }
+    let tmp = tempdir();
+    let tar = tmp.path().join("layer.tar");
+    let mut t = TarBuilder::new();
+    t.file("d/.wh..wh..opq", b"");
+    t.dir("d/");
+    t.file("d/x", b"x");
+    write_bytes(&tar, &t.finish());
+    let image = tmp.path().join("layer.erofs");
+    convert_ok(&tar, &image, &[]);
+    let m = mount_erofs(&image, &tmp.path().join("mnt"));
+    let s = snapshot(m.path());
+    assert_eq!(
+        xattr(&s, "d", b"trusted.overlay.opaque"),
+        Some(&b"y"[..]),
+        "d lost its opaque marker; xattrs of d: {:?}",
+        s.get(b"d".as_slice()).map(|e| &e.xattrs)
+    );
+}
+
 /// (e) The whiteout image as the upper of two overlayfs lower layers hides
 /// exactly the whited-out and opaque-hidden entries of the lower image.
 #[test]
