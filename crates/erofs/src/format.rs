@@ -113,6 +113,14 @@ pub fn xattr_split(name: &[u8]) -> Option<(u8, &[u8])> {
     None
 }
 
+/// On-disk size of one inline xattr entry (section 9.2), padding included.
+pub fn xattr_entry_size(suffix_len: usize, value_len: usize) -> usize {
+    (XATTR_ENTRY_HEADER_SIZE + suffix_len + value_len).next_multiple_of(4)
+}
+
+/// Largest inline xattr region: `i_xattr_icount` is 16 bits.
+pub const XATTR_REGION_MAX: usize = XATTR_HEADER_SIZE + 4 * (u16::MAX as usize - 1);
+
 /// The prefix of a namespace index, `None` for unknown indexes (including 5,
 /// `lustre.`, which the kernel has no handler for).
 pub fn xattr_prefix(index: u8) -> Option<&'static [u8]> {

@@ -171,6 +171,8 @@ pub enum TreeError {
         major: u32,
         minor: u32,
     },
+    #[error("{path}: {size} bytes of xattrs exceed the {max}-byte inline region", max = format::XATTR_REGION_MAX)]
+    XattrsTooLarge { path: String, size: usize },
     #[error("too many inodes: the limit is {limit}")]
     TooManyNodes { limit: usize },
 }
@@ -345,8 +347,19 @@ impl Tree {
     }
 
     fn validate_node(path: &[Vec<u8>], node: &Node) -> Result<(), TreeError> {
+        let mut region = format::XATTR_HEADER_SIZE;
         for (k, v) in &node.xattrs {
             validate_xattr(k, v)?;
+            let suffix = format::xattr_split(k).map_or(0, |(_, s)| s.len());
+            region += format::xattr_entry_size(suffix, v.len());
+        }
+        // Leave room for the origin marker the writer may add.
+        let origin = format::xattr_entry_size(b"overlay.origin".len(), 0);
+        if region + origin > format::XATTR_REGION_MAX {
+            return Err(TreeError::XattrsTooLarge {
+                path: display_path(path),
+                size: region,
+            });
         }
         match &node.content {
             Content::Symlink(t)
@@ -375,7 +388,10 @@ impl Tree {
     /// created, an existing non-directory (or a directory replaced by a
     /// non-directory) is replaced, and a directory over a directory keeps
     /// its children but takes the new metadata and xattrs. An empty path
-    /// addresses the root, which only a directory may replace.
+    /// addresses the root, which only a directory may replace. Xattrs of
+    /// a directory named twice merge, the later value winning, as with
+    /// `tar -x` (which never removes xattrs): an opaque marker seen before
+    /// the directory's own member must survive it.
     pub fn insert(&mut self, path: &[Vec<u8>], node: Node) -> Result<NodeId, TreeError> {
         Self::validate_node(path, &node)?;
         let Some(name) = path.last() else {
@@ -386,7 +402,7 @@ impl Tree {
             }
             let root = &mut self.nodes[ROOT];
             root.meta = node.meta;
-            root.xattrs = node.xattrs;
+            root.xattrs.extend(node.xattrs);
             return Ok(ROOT);
         };
         validate_name(name)?;
@@ -398,7 +414,7 @@ impl Tree {
         {
             let old = &mut self.nodes[id];
             old.meta = node.meta;
-            old.xattrs = node.xattrs;
+            old.xattrs.extend(node.xattrs);
             return Ok(id);
         }
         let id = self.alloc(node)?;
@@ -523,6 +539,19 @@ mod tests {
     }
 
     #[test]
+    fn directory_xattrs_merge() {
+        let mut t = tree();
+        t.set_opaque(&p("d")).unwrap();
+        let mut d = dir(0o750);
+        d.xattrs.insert(b"user.a".to_vec(), b"1".to_vec());
+        t.insert(&p("d"), d).unwrap();
+        let id = t.lookup(&p("d")).unwrap();
+        assert_eq!(t.node(id).meta.perm, 0o750);
+        assert!(t.node(id).xattrs.contains_key(OVERLAY_OPAQUE));
+        assert_eq!(t.node(id).xattrs.get(&b"user.a"[..]), Some(&b"1".to_vec()));
+    }
+
+    #[test]
     fn replace_file_by_dir_and_back() {
         let mut t = tree();
         t.insert(&p("x"), file()).unwrap();
@@ -603,6 +632,26 @@ mod tests {
             ),
             Err(TreeError::InvalidSymlink { .. })
         ));
+    }
+
+    #[test]
+    fn xattr_region_bounded() {
+        let mut t = tree();
+        let mut n = file();
+        for k in 0..4u8 {
+            n.xattrs
+                .insert(vec![b'u', b's', b'e', b'r', b'.', b'a' + k], vec![0; 65535]);
+        }
+        assert!(matches!(
+            t.insert(&p("f"), n),
+            Err(TreeError::XattrsTooLarge { .. })
+        ));
+        let mut n = file();
+        for k in 0..3u8 {
+            n.xattrs
+                .insert(vec![b'u', b's', b'e', b'r', b'.', b'a' + k], vec![0; 65535]);
+        }
+        assert!(t.insert(&p("g"), n).is_ok());
     }
 
     #[test]

@@ -53,14 +53,18 @@ impl Default for WriterOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("writing image: {0}")]
+    #[error("writing image")]
     Io(#[from] io::Error),
+    #[error("reading file data")]
+    Input(#[source] io::Error),
     #[error("input ended after {got} of {expected} bytes of file data")]
     ShortData { expected: u64, got: u64 },
     #[error("unsupported block size 2^{0} (only 2^9..=2^12)")]
     BlockSize(u8),
     #[error("image would exceed 2^32 blocks")]
     TooLarge,
+    #[error("xattrs of one inode take {0} bytes, more than the inline region holds")]
+    XattrsTooLarge(usize),
     #[error("the root inode lands beyond NID 65535")]
     RootNid,
     #[error("device tag longer than 64 bytes")]
@@ -245,7 +249,7 @@ impl<F: Output> ImageWriter<F> {
         let result = (|| {
             while done < body {
                 let want = (body - done).min(COPY_CHUNK as u64) as usize;
-                let n = read_full(r, &mut buf[..want])?;
+                let n = read_full(r, &mut buf[..want]).map_err(WriteError::Input)?;
                 if n < want {
                     return Err(WriteError::ShortData {
                         expected: size,
@@ -266,7 +270,7 @@ impl<F: Output> ImageWriter<F> {
             return Ok(FileData::Plain { size, blkaddr });
         }
         let mut tail = vec![0; tail_len as usize];
-        let n = read_full(r, &mut tail)?;
+        let n = read_full(r, &mut tail).map_err(WriteError::Input)?;
         if n < tail.len() {
             return Err(WriteError::ShortData {
                 expected: size,
@@ -622,6 +626,9 @@ impl Layout {
             let node = tree.node(id);
             let m = &node.meta;
             let xattrs = encode_xattrs(&node.xattrs, has_whiteout[id]);
+            if xattrs.len() > format::XATTR_REGION_MAX {
+                return Err(WriteError::XattrsTooLarge(xattrs.len()));
+            }
             let (mut layout, mut body, mut inline_len, u, size) = match &node.content {
                 Content::Dir(_) => {
                     summary.directories += 1;

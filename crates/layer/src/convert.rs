@@ -56,25 +56,31 @@ impl Default for ConvertOptions {
 /// Why a layer could not be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("tar stream: {0}")]
+    #[error("tar stream")]
     Tar(#[from] TarError),
-    #[error("entry {name:?} at offset {offset}: {source}")]
+    #[error("entry {name:?} at offset {offset}")]
     Path {
         name: String,
         offset: u64,
         source: PathError,
     },
-    #[error("entry {name:?} at offset {offset}: {source}")]
+    #[error("entry {name:?} at offset {offset}")]
     Whiteout {
         name: String,
         offset: u64,
         source: WhiteoutError,
     },
-    #[error("entry {name:?} at offset {offset}: {source}")]
+    #[error("entry {name:?} at offset {offset}")]
     Tree {
         name: String,
         offset: u64,
         source: TreeError,
+    },
+    #[error("entry {name:?} at offset {offset}: hard link target")]
+    LinkTarget {
+        name: String,
+        offset: u64,
+        source: PathError,
     },
     #[error("entry {name:?} at offset {offset}: {why}")]
     Entry {
@@ -82,15 +88,15 @@ pub enum ConvertError {
         offset: u64,
         why: String,
     },
-    #[error("entry {name:?} at offset {offset}: {source}")]
+    #[error("entry {name:?} at offset {offset}")]
     Data {
         name: String,
         offset: u64,
         source: WriteError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
