@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use erofs::format;
@@ -38,7 +38,7 @@ pub struct FsckArgs {
     no_data: bool,
 }
 
-fn open(image: &PathBuf, devices: &[PathBuf]) -> Result<Image<File>> {
+fn open(image: &Path, devices: &[PathBuf]) -> Result<Image<File>> {
     let img = Image::open(image).with_context(|| image.display().to_string())?;
     if devices.is_empty() {
         return Ok(img);
@@ -55,7 +55,7 @@ fn open(image: &PathBuf, devices: &[PathBuf]) -> Result<Image<File>> {
         .with_context(|| image.display().to_string())
 }
 
-fn lookup(img: &Image<File>, path: &PathBuf) -> Result<Inode> {
+fn lookup(img: &Image<File>, path: &Path) -> Result<Inode> {
     let nid = img
         .lookup(path.as_os_str().as_bytes())?
         .with_context(|| format!("{}: no such entry", path.display()))?;

@@ -78,6 +78,33 @@ impl Corpus {
     fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
+
+    /// A real-world tree built by `scripts/corpus.sh` (named by
+    /// `EROFS_TEST_CORPUS`), tarred as is. `None` (after a loud note) when
+    /// the corpus is absent outside CI; on CI its absence fails the test.
+    fn real_world(name: &str) -> Option<Corpus> {
+        let Some(root) = std::env::var_os("EROFS_TEST_CORPUS") else {
+            missing("EROFS_TEST_CORPUS (run scripts/corpus.sh)");
+            return None;
+        };
+        let src = PathBuf::from(root).join(name);
+        assert!(
+            src.join(".done").exists(),
+            "{} is incomplete",
+            src.display()
+        );
+        let tmp = tempdir();
+        let tar = tmp.path().join("layer.tar");
+        gnu_tar_create(&src, &tar);
+        let extracted = tmp.path().join("extracted");
+        gnu_tar_extract(&tar, &extracted);
+        Some(Corpus {
+            tmp,
+            src,
+            tar,
+            extracted,
+        })
+    }
 }
 
 fn make_empty_tree(dir: &Path) {
@@ -948,4 +975,46 @@ fn uuid_defaults_to_diffid_prefix_and_can_be_set() {
     let r = convert(&tar, &bad, &["--uuid", "0011"]).failed();
     assert!(r.stderr.contains("--uuid 0011"), "stderr: {}", r.stderr);
     assert!(!bad.exists(), "output left after a rejected --uuid");
+}
+
+/// The real-world corpus: a debootstrap minbase rootfs and a tree of
+/// thousands of small Python files. Each must match tar -x through the
+/// kernel, pass both fsck implementations, extract like mkfs.erofs's
+/// image of the same tar, and convert to the same bytes twice.
+fn real_world_case(name: &str, min_entries: usize) {
+    if !prereqs(&["tar", "mkfs.erofs", "fsck.erofs"]) {
+        return;
+    }
+    let Some(c) = Corpus::real_world(name) else {
+        return;
+    };
+    tar_case(&c, name);
+    let image = c.path("layer.erofs");
+    cli(["fsck".as_ref(), image.as_os_str()]).ok();
+    let again = c.path("again.erofs");
+    convert_ok(&c.tar, &again, &[]);
+    assert_eq!(
+        sha256_file(&image),
+        sha256_file(&again),
+        "{name}: two conversions differ"
+    );
+    let diff_dir = c.path("differential");
+    fs::create_dir_all(&diff_dir).unwrap();
+    differential(
+        &c.tar,
+        &diff_dir,
+        &format!("{name}: ours vs mkfs.erofs"),
+        &ours_vs_mkfs(),
+        min_entries,
+    );
+}
+
+#[test]
+fn debootstrap_minbase_rootfs() {
+    real_world_case("minbase", 6000);
+}
+
+#[test]
+fn python_package_tree() {
+    real_world_case("pytree", 3000);
 }
