@@ -138,7 +138,7 @@ impl Default for Limits {
 #[non_exhaustive]
 pub enum TarError {
     /// The underlying reader failed.
-    #[error("I/O error at offset {offset}: {source}")]
+    #[error("I/O error at offset {offset}")]
     Io {
         /// Stream position when the error occurred.
         offset: u64,
@@ -176,10 +176,12 @@ pub enum TarError {
         reason: &'static str,
     },
     /// A [`Limits`] bound was exceeded.
-    #[error("limit exceeded at offset {offset}: {what}")]
+    #[error("limit exceeded at offset {offset}: {what} (limit {limit})")]
     Limit {
         /// Which limit.
         what: &'static str,
+        /// The configured bound.
+        limit: u64,
         /// Offset of the header.
         offset: u64,
     },
@@ -612,7 +614,13 @@ impl<R: Read> TarReader<R> {
         };
         let len = match usize::try_from(size) {
             Ok(len) if size <= limit => len,
-            _ => return Err(TarError::Limit { what, offset }),
+            _ => {
+                return Err(TarError::Limit {
+                    what,
+                    limit,
+                    offset,
+                });
+            }
         };
         self.scratch.clear();
         self.scratch.resize(len, 0);
@@ -797,12 +805,16 @@ impl<R: Read> TarReader<R> {
         // The mask makes the value non-negative and < 2^12, so it fits.
         let mode = u32::try_from(mode & 0o7777).unwrap_or(0);
 
-        let limit = |what| TarError::Limit { what, offset };
+        let limit = |what, limit| TarError::Limit {
+            what,
+            limit,
+            offset,
+        };
         if name.len() as u64 > self.limits.max_path_len {
-            return Err(limit("path too long"));
+            return Err(limit("path too long", self.limits.max_path_len));
         }
         if linkname.len() as u64 > self.limits.max_path_len {
-            return Err(limit("link target too long"));
+            return Err(limit("link target too long", self.limits.max_path_len));
         }
         let sparse_map_bytes = sparse
             .as_ref()
@@ -819,11 +831,11 @@ impl<R: Read> TarReader<R> {
         .fold(0u64, |acc, n| acc.saturating_add(n as u64));
         self.metadata_bytes = self.metadata_bytes.saturating_add(metadata);
         if self.metadata_bytes > self.limits.max_metadata_bytes {
-            return Err(limit("total metadata size"));
+            return Err(limit("total metadata size", self.limits.max_metadata_bytes));
         }
         self.entries = self.entries.saturating_add(1);
         if self.entries > self.limits.max_entries {
-            return Err(limit("too many entries"));
+            return Err(limit("too many entries", self.limits.max_entries));
         }
 
         self.remaining = logical;
@@ -878,6 +890,7 @@ impl<R: Read> TarReader<R> {
                 if map.len() as u64 + BLOCK as u64 > self.limits.max_pax_size {
                     return Err(TarError::Limit {
                         what: "GNU sparse map too large",
+                        limit: self.limits.max_pax_size,
                         offset,
                     });
                 }
