@@ -60,10 +60,13 @@ enum GenKind {
     Block(u32, u32),
 }
 
+/// Full xattr names to values, as [`Node::xattrs`] holds them.
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Debug, Clone)]
 struct GenNode {
     meta: Meta,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    xattrs: Xattrs,
     kind: GenKind,
 }
 
@@ -142,7 +145,7 @@ fn meta_strategy() -> impl Strategy<Value = Meta> {
     )
 }
 
-fn xattrs_strategy() -> impl Strategy<Value = BTreeMap<Vec<u8>, Vec<u8>>> {
+fn xattrs_strategy() -> impl Strategy<Value = Xattrs> {
     const PREFIXES: &[&[u8]] = &[b"user.", b"trusted.", b"security."];
     let prefix = prop::sample::select(PREFIXES);
     let suffix = prop_oneof![
@@ -360,7 +363,7 @@ fn build(g: &GenTree, opts: WriterOptions) -> Built {
             others: Vec::new(),
         };
         b.tree.node_mut(ROOT).xattrs = g.root.xattrs.clone();
-        // The root itself: its children.
+        // The root is a directory hard links may go to, too.
         b.dirs.push(Vec::new());
         if let GenKind::Dir(children) = &g.root.kind {
             let mut seen = std::collections::BTreeSet::new();
@@ -697,9 +700,10 @@ proptest! {
 }
 
 /// Each xattr is valid on its own (value ≤ 65535 bytes), but together they
-/// need an inline region larger than `i_xattr_icount` (u16) can describe:
-/// the writer must refuse the tree or store it faithfully, never write a
-/// truncated count.
+/// need an inline region larger than `i_xattr_icount` (u16) can describe.
+/// The tree or the writer must refuse them, or the image must hold them
+/// faithfully; a truncated count (found by this test: the writer once
+/// stored `icount as u16`) is a corrupt image.
 #[test]
 fn xattr_region_beyond_icount() {
     for blkszbits in [9u8, 12] {
@@ -707,39 +711,58 @@ fn xattr_region_beyond_icount() {
             perm: 0o644,
             ..Meta::default()
         };
-        let mut tree = Tree::new(meta.clone(), meta.clone());
-        let mut node = Node::new(meta, Content::Fifo);
         // 4 × (4 + 2 + 65535 → 65544) + 12 = 262188 bytes > 12 + 4 × 65534.
-        for k in 0..4u8 {
-            node.xattrs
-                .insert([&b"user.x"[..], &[b'a' + k]].concat(), vec![k + 1; 65535]);
-        }
-        match tree.insert(&[b"f".to_vec()], node) {
-            // Refusing up front, naming the entry, is correct.
-            Err(erofs::tree::TreeError::XattrsTooLarge { .. }) => continue,
-            other => {
-                other.unwrap();
+        let big: Xattrs = (0..4u8)
+            .map(|k| ([&b"user.x"[..], &[b'a' + k]].concat(), vec![k + 1; 65535]))
+            .collect();
+        // As one node's xattrs, and merged into a directory named twice
+        // (each half is within bounds on its own).
+        let halves: Vec<Xattrs> = vec![
+            big.iter()
+                .take(2)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            big.iter()
+                .skip(2)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ];
+        let cases: Vec<(Content, Vec<Xattrs>)> = vec![
+            (Content::Fifo, vec![big.clone()]),
+            (Content::Dir(BTreeMap::new()), vec![big.clone()]),
+            (Content::Dir(BTreeMap::new()), halves),
+        ];
+        for (content, xattr_sets) in cases {
+            let mut tree = Tree::new(meta.clone(), meta.clone());
+            let mut refused = false;
+            for xattrs in xattr_sets {
+                let mut node = Node::new(meta.clone(), content.clone());
+                node.xattrs = xattrs;
+                refused |= tree.insert(&[b"f".to_vec()], node).is_err();
             }
-        }
-        let mut out = Cursor::new(Vec::new());
-        let w = ImageWriter::new(
-            &mut out,
-            WriterOptions {
-                blkszbits,
-                ..WriterOptions::default()
-            },
-        )
-        .unwrap();
-        let Ok(_) = w.finish(&tree) else {
-            continue; // refusing is correct
-        };
-        let built = Built {
-            tree,
-            contents: HashMap::new(),
-            image: out.into_inner(),
-        };
-        if let Err(e) = verify(&built, blkszbits) {
-            panic!("blkszbits {blkszbits}: {e}");
+            if refused {
+                continue; // refusing is correct
+            }
+            let mut out = Cursor::new(Vec::new());
+            let w = ImageWriter::new(
+                &mut out,
+                WriterOptions {
+                    blkszbits,
+                    ..WriterOptions::default()
+                },
+            )
+            .unwrap();
+            if w.finish(&tree).is_err() {
+                continue; // so is refusing here
+            }
+            let built = Built {
+                tree,
+                contents: HashMap::new(),
+                image: out.into_inner(),
+            };
+            if let Err(e) = verify(&built, blkszbits) {
+                panic!("blkszbits {blkszbits}: {e}");
+            }
         }
     }
 }
@@ -784,5 +807,92 @@ fn nlink_beyond_u16() {
     };
     if let Err(e) = verify(&built, 12) {
         panic!("{e}");
+    }
+}
+
+/// Names (sorted by a 3-digit prefix, so that their order is the order
+/// given) whose directory entries fill the blocks of a directory with
+/// exactly `fills[k]` bytes each; `.` and `..` take the first 27 bytes.
+fn dirent_names(fills: &[u64]) -> Vec<Vec<u8>> {
+    let mut names = Vec::new();
+    for (k, &fill) in fills.iter().enumerate() {
+        let mut left = if k == 0 { fill - 27 } else { fill };
+        while left > 0 {
+            // Entries are 12 bytes plus a name of 3..=255 bytes; never
+            // leave a remainder too small for one more entry.
+            let mut len = (left - 12).min(255);
+            if left - 12 - len > 0 && left - 12 - len < 15 {
+                len -= 15;
+            }
+            let mut name = format!("{:03}", names.len()).into_bytes();
+            name.resize(len as usize, b'x');
+            left -= 12 + len;
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Directories whose size is one byte short of, exactly, or one byte past
+/// one and two blocks, in both block sizes and with either inode form (an
+/// unusual uid makes the inode extended): the tail goes inline, exactly
+/// fills the inode's block, or moves to a block of its own.
+#[test]
+fn dir_sizes_at_block_boundaries() {
+    for blkszbits in [9u8, 12] {
+        let bs = 1u64 << blkszbits;
+        let mut fills: Vec<Vec<u64>> = vec![
+            vec![bs - 1],
+            vec![bs],
+            vec![bs, 1 + 27],
+            vec![bs, bs - 1],
+            vec![bs, bs],
+            vec![bs, bs, 40],
+        ];
+        // Tails that exactly fill the rest of the inode's block.
+        for head in [32u64, 64] {
+            fills.push(vec![bs, bs - head]);
+            fills.push(vec![bs, bs - head + 1]);
+        }
+        for (k, f) in fills.iter().enumerate() {
+            for uid in [0u32, 70_000] {
+                let meta = Meta {
+                    perm: 0o755,
+                    uid,
+                    ..Meta::default()
+                };
+                let mut tree = Tree::new(meta.clone(), meta.clone());
+                for name in dirent_names(f) {
+                    tree.insert(
+                        &[b"d".to_vec(), name],
+                        Node::new(meta.clone(), Content::Fifo),
+                    )
+                    .unwrap();
+                }
+                let mut out = Cursor::new(Vec::new());
+                let w = ImageWriter::new(
+                    &mut out,
+                    WriterOptions {
+                        blkszbits,
+                        ..WriterOptions::default()
+                    },
+                )
+                .unwrap();
+                w.finish(&tree).unwrap();
+                let built = Built {
+                    tree,
+                    contents: HashMap::new(),
+                    image: out.into_inner(),
+                };
+                if let Err(e) = verify(&built, blkszbits) {
+                    panic!("blkszbits {blkszbits}, fills {f:?} (case {k}), uid {uid}: {e}");
+                }
+                // The names really produce the intended directory size.
+                let image = Image::new(built.image).unwrap();
+                let d = image.lookup(b"d").unwrap().unwrap();
+                let want = (f.len() as u64 - 1) * bs + f[f.len() - 1];
+                assert_eq!(image.inode(d).unwrap().size(), want, "fills {f:?}");
+            }
+        }
     }
 }
