@@ -477,3 +477,36 @@ fn corrupted_zstd_is_rejected() {
         &["Restored data doesn't match checksum"],
     );
 }
+
+/// Fuzzer findings (fuzz/regressions/, docs/fuzzing.md), kept as tests.
+fn regression(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(name)
+}
+
+/// A tar index must declare and hold whole 512-byte blocks of tar, even
+/// for a stream that is empty or ends mid-block.
+#[test]
+fn tar_index_of_short_streams_is_valid() {
+    for name in ["tar-index-empty.tar", "tar-index-unaligned-513.tar"] {
+        let tmp = tempdir();
+        let image = tmp.path().join("idx.erofs");
+        convert_ok(&regression(name), &image, &["--tar-index"]);
+        let len = std::fs::metadata(&image).unwrap().len();
+        assert_eq!(len % 512, 0, "{name}: image length {len}");
+        cli(["fsck".as_ref(), image.as_os_str()]).ok();
+    }
+}
+
+/// A sparse entry declaring a terabyte of holes in a 3.5 KiB tar is
+/// refused at once instead of expanding into the image.
+#[test]
+fn sparse_hole_bomb_is_refused() {
+    let tmp = tempdir();
+    let image = tmp.path().join("s.erofs");
+    let r = convert(&regression("sparse-realsize-1tib.tar"), &image, &[]);
+    assert!(!r.success());
+    assert!(r.stderr.contains("bytes of holes"), "{}", r.stderr);
+    assert!(!image.exists());
+}

@@ -37,6 +37,10 @@ pub struct ConvertOptions {
     /// already hashes it (see [`crate::pipeline::spawn`]); the report then
     /// has no diffID.
     pub compute_diff_id: bool,
+    /// Upper bound on the bytes of holes in GNU sparse files of one layer:
+    /// holes expand to zeros on the way into the image, so a tiny layer
+    /// could otherwise declare terabytes of them.
+    pub max_sparse_holes: u64,
     /// Upper bound on inodes in the tree.
     pub max_inodes: usize,
 }
@@ -48,6 +52,7 @@ impl Default for ConvertOptions {
             tar_index: false,
             limits: Limits::default(),
             compute_diff_id: true,
+            max_sparse_holes: 16 << 30,
             max_inodes: 4_000_000,
         }
     }
@@ -126,6 +131,10 @@ struct Applier<'w, F: Output> {
     tree: Tree,
     writer: &'w mut ImageWriter<F>,
     tar_index: bool,
+    /// Hole bytes still allowed, of `max_holes`
+    /// (`ConvertOptions::max_sparse_holes`).
+    holes_left: u64,
+    max_holes: u64,
     report: ConvertReport,
 }
 
@@ -189,6 +198,16 @@ impl<F: Output> Applier<'_, F> {
         let content = match e.kind {
             EntryKind::Directory => Content::Dir(BTreeMap::new()),
             EntryKind::Regular => {
+                if let Some(regions) = &e.sparse {
+                    let stored: u64 = regions.iter().map(|r| r.length).sum();
+                    let holes = e.size.saturating_sub(stored);
+                    self.holes_left = self.holes_left.checked_sub(holes).ok_or_else(|| {
+                        entry_err(format!(
+                            "sparse files of this layer hold more than {} bytes of holes",
+                            self.max_holes
+                        ))
+                    })?;
+                }
                 let data = if self.tar_index {
                     index_chunks(e).map_err(entry_err)?
                 } else {
@@ -290,6 +309,8 @@ pub struct Streamed {
     writer: ImageWriter<File>,
     tree: Tree,
     spool: Option<File>,
+    /// Size of the tar device in 512-byte blocks (tar index only).
+    device_blocks: u32,
     report: ConvertReport,
 }
 
@@ -324,7 +345,13 @@ impl Streamed {
         if let Some(mut spool) = self.spool {
             spool.seek(SeekFrom::Start(0))?;
             out.seek(SeekFrom::Start(summary.image_bytes))?;
-            io::copy(&mut spool, &mut out)?;
+            let copied = io::copy(&mut spool, &mut out)?;
+            // The device must span whole blocks, and at least one (an
+            // empty layer still has a device): pad with zeros.
+            let device = copied
+                .next_multiple_of(512)
+                .max(u64::from(self.device_blocks) * 512);
+            out.set_len(summary.image_bytes + device)?;
         }
         self.report.summary = summary;
         self.report.finish = start.elapsed();
@@ -384,6 +411,8 @@ pub fn stream_tar<R: Read>(
         tree,
         writer: &mut writer,
         tar_index: opts.tar_index,
+        holes_left: opts.max_sparse_holes,
+        max_holes: opts.max_sparse_holes,
         report: ConvertReport::default(),
     };
     while let Some(entry) = tar.next_entry()? {
@@ -397,15 +426,18 @@ pub fn stream_tar<R: Read>(
     let tee = tar.finish()?;
     report.diff_id = tee.hasher.map(|h| Digest::from_bytes(h.finalize().into()));
     report.tar_bytes = tee.bytes;
+    let mut device_blocks = 0;
     if opts.tar_index {
-        let blocks = u32::try_from(consumed.div_ceil(512)).map_err(|_| WriteError::TooLarge)?;
-        writer.set_device_blocks(0, blocks);
+        device_blocks =
+            u32::try_from(consumed.div_ceil(512).max(1)).map_err(|_| WriteError::TooLarge)?;
+        writer.set_device_blocks(0, device_blocks);
     }
     report.convert = start.elapsed();
     Ok(Streamed {
         writer,
         tree,
         spool: tee.spool,
+        device_blocks,
         report,
     })
 }

@@ -45,11 +45,29 @@ const MAX_DEPTH: usize = 4096;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirStats {
     pub entries: u64,
-    /// Xattrs whose namespace EROFS cannot store (dropped).
+    /// Xattrs dropped: namespace EROFS cannot store, or not kept by
+    /// [`DirOptions::keep_xattr`].
     pub dropped_xattrs: u64,
 }
 
+/// Choices for a directory walk.
+#[derive(Debug, Clone, Copy)]
+pub struct DirOptions {
+    /// Which xattrs (by full name) to carry into the image; the others
+    /// are dropped and counted.
+    pub keep_xattr: fn(&[u8]) -> bool,
+}
+
+impl Default for DirOptions {
+    fn default() -> Self {
+        DirOptions {
+            keep_xattr: |_| true,
+        }
+    }
+}
+
 struct Walker<'w, F: Output> {
+    opts: DirOptions,
     tree: Tree,
     writer: &'w mut ImageWriter<F>,
     /// (dev, ino) of multiply-linked non-directories already added.
@@ -79,6 +97,7 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
 fn read_xattrs<Fd: AsFd>(
     fd: Fd,
     path: &Path,
+    keep: fn(&[u8]) -> bool,
     stats: &mut DirStats,
 ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
     let mut out = BTreeMap::new();
@@ -104,7 +123,7 @@ fn read_xattrs<Fd: AsFd>(
             }
         };
         value.truncate(n);
-        if erofs::tree::validate_xattr(name, &value).is_err() {
+        if !keep(name) || erofs::tree::validate_xattr(name, &value).is_err() {
             stats.dropped_xattrs += 1;
             continue;
         }
@@ -123,7 +142,7 @@ impl<F: Output> Walker<'_, F> {
         .map_err(io_err(root))?;
         let st = rustix::fs::fstat(&fd).map_err(io_err(root))?;
         let mut node = Node::new(meta_of(&st), Content::Dir(BTreeMap::new()));
-        node.xattrs = read_xattrs(&fd, root, &mut self.stats)?;
+        node.xattrs = read_xattrs(&fd, root, self.opts.keep_xattr, &mut self.stats)?;
         self.tree
             .insert(&[], node)
             .map_err(|source| DirError::Tree {
@@ -211,11 +230,16 @@ impl<F: Output> Walker<'_, F> {
             // descriptors; the kernel only allows trusted/security xattrs
             // on them, which a layer rarely has.
             FileType::Directory | FileType::RegularFile => {
-                read_xattrs(&fd, &path, &mut self.stats)?
+                read_xattrs(&fd, &path, self.opts.keep_xattr, &mut self.stats)?
             }
             _ => {
                 let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-                read_path_xattrs(Path::new(&proc), &path, &mut self.stats)?
+                read_path_xattrs(
+                    Path::new(&proc),
+                    &path,
+                    self.opts.keep_xattr,
+                    &mut self.stats,
+                )?
             }
         };
         let (content, subdir) = match ftype {
@@ -261,6 +285,7 @@ impl<F: Output> Walker<'_, F> {
 fn read_path_xattrs(
     proc_path: &Path,
     path: &Path,
+    keep: fn(&[u8]) -> bool,
     stats: &mut DirStats,
 ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
     let mut out = BTreeMap::new();
@@ -278,7 +303,7 @@ fn read_path_xattrs(
         let n = rustix::fs::getxattr(proc_path, OsStr::from_bytes(name), &mut value)
             .map_err(io_err(path))?;
         value.truncate(n);
-        if erofs::tree::validate_xattr(name, &value).is_err() {
+        if !keep(name) || erofs::tree::validate_xattr(name, &value).is_err() {
             stats.dropped_xattrs += 1;
             continue;
         }
@@ -301,11 +326,21 @@ pub fn read_dir_tree<F: Output>(
     root: &Path,
     writer: &mut ImageWriter<F>,
 ) -> Result<(Tree, DirStats), DirError> {
+    read_dir_tree_with(root, writer, &DirOptions::default())
+}
+
+/// [`read_dir_tree`] with options.
+pub fn read_dir_tree_with<F: Output>(
+    root: &Path,
+    writer: &mut ImageWriter<F>,
+    opts: &DirOptions,
+) -> Result<(Tree, DirStats), DirError> {
     let default = Meta {
         perm: 0o755,
         ..Meta::default()
     };
     let mut walker = Walker {
+        opts: *opts,
         tree: Tree::new(default.clone(), default),
         writer,
         links: HashMap::new(),
