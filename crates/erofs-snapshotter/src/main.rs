@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Validate an untrusted image against every structural rule.
     Fsck(inspect::FsckArgs),
+    /// Serve containerd's Snapshots API on a unix socket (a proxy plugin).
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Fsck(a) => inspect::fsck(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

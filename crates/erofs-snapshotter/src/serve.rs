@@ -1,0 +1,73 @@
+//! `serve`: the containerd proxy plugin on a unix socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use snapshotter::config::Config;
+use snapshotter::service::{NoDiff, SnapshotService};
+use snapshotter::snapshotter::{Config as CoreConfig, Snapshotter};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML configuration (containerd's option names).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory; overrides `root_path`.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Socket path; overrides `address`.
+    #[arg(long)]
+    address: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(r) = args.root {
+        cfg.root_path = r;
+    }
+    if let Some(a) = args.address {
+        cfg.address = a;
+    }
+    cfg.validate()?;
+    if let Some(dir) = cfg.address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let core = Snapshotter::open(CoreConfig {
+        root: cfg.root_path.clone(),
+        ovl_mount_options: cfg.ovl_mount_options.clone(),
+        set_immutable: cfg.set_immutable,
+        enable_fsverity: cfg.enable_fsverity,
+    })
+    .with_context(|| format!("opening {}", cfg.root_path.display()))?;
+    let service = SnapshotService::new(Arc::new(core));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    eprintln!(
+        "serving snapshots for {} on {}",
+        cfg.root_path.display(),
+        cfg.address.display()
+    );
+    let address = cfg.address.clone();
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        proto::serve_unix(&address, Some(service), None::<NoDiff>, shutdown).await
+    })
+    .with_context(|| format!("serving on {}", cfg.address.display()))?;
+    Ok(())
+}

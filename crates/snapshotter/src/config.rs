@@ -1,0 +1,137 @@
+//! The daemon's TOML configuration. Keys are the ones containerd's
+//! built-in erofs snapshotter uses, so a config moves between the two.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// How lower layers reach the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountMode {
+    /// The daemon mounts each layer itself and returns plain overlay
+    /// mounts: works with every client and containerd 2.0/2.1.
+    #[default]
+    SelfMount,
+    /// Return `erofs` mounts plus templates for containerd ≥ 2.2's mount
+    /// manager.
+    MountManager,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_root")]
+    pub root_path: PathBuf,
+    #[serde(default = "default_address")]
+    pub address: PathBuf,
+    #[serde(default)]
+    pub mount_mode: MountMode,
+    /// Appended to every overlay mount's options.
+    #[serde(default)]
+    pub ovl_mount_options: Vec<String>,
+    /// FS_IMMUTABLE_FL on committed layer images.
+    #[serde(default)]
+    pub set_immutable: bool,
+    /// fs-verity on committed layer images where supported.
+    #[serde(default)]
+    pub enable_fsverity: bool,
+    /// Size in bytes of an ext4 upper per active snapshot (quota); 0 = a
+    /// plain directory upper.
+    #[serde(default)]
+    pub default_size: u64,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("/var/lib/erofs-snapshotter")
+}
+
+fn default_address() -> PathBuf {
+    PathBuf::from("/run/erofs-snapshotter/snapshotter.sock")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root_path: default_root(),
+            address: default_address(),
+            mount_mode: MountMode::default(),
+            ovl_mount_options: Vec::new(),
+            set_immutable: false,
+            enable_fsverity: false,
+            default_size: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0} is not implemented yet")]
+    Unsupported(&'static str),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Refuse combinations this build cannot serve, at start-up rather
+    /// than on the first request.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mount_mode == MountMode::MountManager {
+            return Err(ConfigError::Unsupported("mount_mode = \"mount-manager\""));
+        }
+        if self.default_size > 0 {
+            return Err(ConfigError::Unsupported("default_size (ext4 upper)"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_containerd_names() {
+        let c: Config = toml::from_str(
+            r#"
+            root_path = "/r"
+            ovl_mount_options = ["index=off"]
+            set_immutable = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.root_path, PathBuf::from("/r"));
+        assert_eq!(c.ovl_mount_options, ["index=off"]);
+        assert!(c.set_immutable);
+        assert_eq!(c.mount_mode, MountMode::SelfMount);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_unsupported_modes_are_refused() {
+        assert!(toml::from_str::<Config>("nope = 1").is_err());
+        let c: Config = toml::from_str(r#"mount_mode = "mount-manager""#).unwrap();
+        assert!(c.validate().is_err());
+    }
+}

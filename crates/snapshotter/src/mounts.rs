@@ -1,0 +1,141 @@
+//! The mounts a snapshot hands to containerd, as pure functions of its
+//! kind, its parents and the layout (containerd.md section 2.1, the
+//! "self-mount" shape that every client and containerd 2.0/2.1 accept).
+
+use std::path::PathBuf;
+
+use crate::layout::Layout;
+use crate::store::Kind;
+
+/// One mount in containerd's `types.Mount` shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub kind: String,
+    pub source: PathBuf,
+    pub options: Vec<String>,
+}
+
+/// Why a snapshot has no mounts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MountError {
+    #[error("committed snapshots have no mounts; create a view")]
+    Committed,
+}
+
+/// Mounts for snapshot `id` whose parents (immediate parent first) are
+/// committed and, in self-mount mode, mounted at `Layout::lower`.
+///
+/// * no parent: a bind mount of `fs/` (rw for active, ro for a view);
+/// * a view of one parent: that layer's image, mounted by the client;
+/// * otherwise: overlay with the parents' mount points as lowers (top
+///   first), plus `fs/` and `work/` for an active snapshot.
+///
+/// `ovl_options` come last, after containerd's own order (workdir,
+/// upperdir, lowerdir).
+pub fn mounts(
+    layout: &Layout,
+    id: u64,
+    kind: Kind,
+    parents: &[u64],
+    ovl_options: &[String],
+) -> Result<Vec<MountSpec>, MountError> {
+    let ro = match kind {
+        Kind::Committed => return Err(MountError::Committed),
+        Kind::View => true,
+        Kind::Active => false,
+    };
+    let Some(&top) = parents.first() else {
+        return Ok(vec![MountSpec {
+            kind: "bind".into(),
+            source: layout.fs(id),
+            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+        }]);
+    };
+    if ro && parents.len() == 1 {
+        // A single layer needs no overlay; "loop" lets clients without
+        // file-backed EROFS mount it too.
+        return Ok(vec![MountSpec {
+            kind: "erofs".into(),
+            source: layout.blob(top),
+            options: vec!["ro".into(), "loop".into()],
+        }]);
+    }
+    let lowers: Vec<String> = parents
+        .iter()
+        .map(|p| layout.lower(*p).to_string_lossy().into_owned())
+        .collect();
+    let mut options = Vec::new();
+    if !ro {
+        options.push(format!("workdir={}", layout.work(id).display()));
+        options.push(format!("upperdir={}", layout.fs(id).display()));
+    }
+    options.push(format!("lowerdir={}", lowers.join(":")));
+    options.extend(ovl_options.iter().cloned());
+    Ok(vec![MountSpec {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options,
+    }])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn l() -> Layout {
+        Layout::new("/r")
+    }
+
+    #[test]
+    fn no_parent() {
+        let m = mounts(&l(), 5, Kind::Active, &[], &[]).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(m[0].source, PathBuf::from("/r/snapshots/5/fs"));
+        assert_eq!(m[0].options, ["rw", "rbind"]);
+        let m = mounts(&l(), 5, Kind::View, &[], &[]).unwrap();
+        assert_eq!(m[0].options, ["ro", "rbind"]);
+    }
+
+    #[test]
+    fn single_parent_view_is_the_layer() {
+        let m = mounts(&l(), 5, Kind::View, &[2], &[]).unwrap();
+        assert_eq!(
+            m,
+            [MountSpec {
+                kind: "erofs".into(),
+                source: "/r/snapshots/2/layer.erofs".into(),
+                options: vec!["ro".into(), "loop".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn active_overlay_order() {
+        let m = mounts(&l(), 9, Kind::Active, &[4, 2], &["index=off".into()]).unwrap();
+        assert_eq!(m[0].kind, "overlay");
+        assert_eq!(
+            m[0].options,
+            [
+                "workdir=/r/snapshots/9/work",
+                "upperdir=/r/snapshots/9/fs",
+                "lowerdir=/r/mounts/4:/r/mounts/2",
+                "index=off"
+            ]
+        );
+    }
+
+    #[test]
+    fn multi_parent_view_is_read_only_overlay() {
+        let m = mounts(&l(), 9, Kind::View, &[4, 2], &[]).unwrap();
+        assert_eq!(m[0].options, ["lowerdir=/r/mounts/4:/r/mounts/2"]);
+    }
+
+    #[test]
+    fn committed_has_no_mounts() {
+        assert_eq!(
+            mounts(&l(), 1, Kind::Committed, &[], &[]),
+            Err(MountError::Committed)
+        );
+    }
+}

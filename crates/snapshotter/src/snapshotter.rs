@@ -1,0 +1,580 @@
+//! The snapshot lifecycle, independent of gRPC: create, mount, commit
+//! (converting an upper directory to EROFS), remove, and recovery after a
+//! crash or restart.
+//!
+//! Ordering rules that keep the root consistent across crashes:
+//! * create: the directory is built under `snapshots/new-*`, the record is
+//!   committed, then the directory is renamed to its id. A crash leaves a
+//!   `new-*` orphan, removed at the next start.
+//! * commit: the image is written to a temporary file, fsynced, renamed
+//!   to `layer.erofs` and the directory fsynced before the record turns
+//!   committed. A crash leaves an active snapshot with a complete blob,
+//!   which the next commit adopts.
+//! * remove: the record goes first, then the directory moves to `trash/`.
+//!   A crash in between leaves a directory without a record, which the
+//!   start-up scan moves to the trash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::filters::{self, Fields};
+use crate::layout::{Layout, NEW_PREFIX};
+use crate::mounts::{self, MountError, MountSpec};
+use crate::store::{Info, Kind, Store, StoreError, Usage};
+
+/// Settings with containerd's option names.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub root: PathBuf,
+    /// Extra overlay options appended to every overlay mount.
+    pub ovl_mount_options: Vec<String>,
+    /// Set FS_IMMUTABLE_FL on committed layer images.
+    pub set_immutable: bool,
+    /// Enable fs-verity on committed layer images where the filesystem
+    /// supports it (skipped with a warning where it does not).
+    pub enable_fsverity: bool,
+}
+
+/// Every way a snapshot operation can fail, classified for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{what} {path}")]
+    Sys {
+        what: &'static str,
+        path: PathBuf,
+        // Boxed: the syscall error is large and rare; keeping it out of
+        // line keeps every Result small.
+        source: Box<sys::Error>,
+    },
+    #[error("converting {path} to EROFS")]
+    Convert {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid filter")]
+    Filter(#[from] filters::FilterError),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// The coarse classes containerd distinguishes (errdefs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Internal,
+}
+
+impl Error {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Store(StoreError::NotFound(_)) => ErrorClass::NotFound,
+            Error::Store(StoreError::AlreadyExists(_)) => ErrorClass::AlreadyExists,
+            Error::Store(StoreError::FailedPrecondition(_)) | Error::Mount(_) => {
+                ErrorClass::FailedPrecondition
+            }
+            Error::Store(StoreError::InvalidArgument(_))
+            | Error::Filter(_)
+            | Error::InvalidArgument(_) => ErrorClass::InvalidArgument,
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sys_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(sys::Error) -> Error + 'a {
+    move |source| Error::Sys {
+        what,
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
+}
+
+/// Adapts [`Info`] to the filter language's field paths.
+struct InfoFields<'a>(&'a Info);
+
+impl Fields for InfoFields<'_> {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path {
+            [f] if f == "name" => Some(self.0.name.clone()),
+            [f] if f == "parent" => self.0.parent.clone(),
+            [f] if f == "kind" => Some(
+                match self.0.kind {
+                    Kind::View => "view",
+                    Kind::Active => "active",
+                    Kind::Committed => "committed",
+                }
+                .to_string(),
+            ),
+            [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
+                self.0.labels.get(&rest.join(".")).cloned()
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Snapshotter {
+    layout: Layout,
+    store: Store,
+    cfg: Config,
+    /// Serializes self-mount bookkeeping so that two requests never mount
+    /// the same layer twice or unmount one another's lowers.
+    lowers: Mutex<()>,
+}
+
+/// Only these overlay xattrs carry meaning into a layer; the others
+/// (origin file handles, impure, redirect, …) describe the upper
+/// filesystem they were written on and would confuse a later overlay.
+fn keep_upper_xattr(name: &[u8]) -> bool {
+    let private = name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.");
+    !private || name == b"trusted.overlay.opaque" || name == b"user.overlay.opaque"
+}
+
+impl Snapshotter {
+    /// Open (or create) the root, then reconcile it with the store: this
+    /// is where leftovers of a crash or of a killed daemon are reclaimed.
+    pub fn open(cfg: Config) -> Result<Snapshotter> {
+        let layout = Layout::new(&cfg.root);
+        layout.create().map_err(io_err("creating", layout.root()))?;
+        let store = Store::open(&layout.db())?;
+        let s = Snapshotter {
+            layout,
+            store,
+            cfg,
+            lowers: Mutex::new(()),
+        };
+        s.recover()?;
+        Ok(s)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    pub fn view(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>> {
+        let tmp = tempfile::Builder::new()
+            .prefix(NEW_PREFIX)
+            .tempdir_in(self.layout.snapshots())
+            .map_err(io_err("creating a directory in", &self.layout.snapshots()))?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", tmp.path()))?;
+        let fs_dir = tmp.path().join("fs");
+        fs::create_dir(&fs_dir).map_err(io_err("creating", &fs_dir))?;
+        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &fs_dir))?;
+        if kind == Kind::Active {
+            let work = tmp.path().join("work");
+            fs::create_dir(&work).map_err(io_err("creating", &work))?;
+            fs::set_permissions(&work, fs::Permissions::from_mode(0o711))
+                .map_err(io_err("chmod", &work))?;
+            let marker = tmp.path().join(crate::layout::MARKER);
+            fs::write(&marker, b"").map_err(io_err("creating", &marker))?;
+        }
+        let snap = self.store.create(kind, key, parent, labels)?;
+        // The upper inherits the owner of the layer below, as containerd
+        // does, so a non-root image's root directory stays writable.
+        if let Some(&top) = snap.parent_ids.first()
+            && let Ok(md) = fs::metadata(self.layout.fs(top))
+        {
+            let _ = std::os::unix::fs::chown(&fs_dir, Some(md.uid()), Some(md.gid()));
+        }
+        let dir = self.layout.snapshot(snap.id);
+        if let Err(e) = fs::rename(tmp.path(), &dir) {
+            let _ = self.store.remove(key);
+            return Err(io_err("renaming into", &dir)(e));
+        }
+        // Renamed away: nothing left for the guard to delete.
+        let _ = tmp.keep();
+        match self.ensure_lowers(&snap.parent_ids).and_then(|()| {
+            Ok(mounts::mounts(
+                &self.layout,
+                snap.id,
+                kind,
+                &snap.parent_ids,
+                &self.cfg.ovl_mount_options,
+            )?)
+        }) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let _ = self.remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts of an existing active snapshot or view. Lowers are mounted
+    /// again if they are missing (after a reboot, say).
+    pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        let (snap, _) = self.store.get(key)?;
+        if snap.kind != Kind::Committed {
+            self.ensure_lowers(&snap.parent_ids)?;
+        }
+        Ok(mounts::mounts(
+            &self.layout,
+            snap.id,
+            snap.kind,
+            &snap.parent_ids,
+            &self.cfg.ovl_mount_options,
+        )?)
+    }
+
+    /// Mount each committed layer in `ids` at its stable path unless it
+    /// already is: one mount per layer, shared by every snapshot above it,
+    /// found again after a restart.
+    fn ensure_lowers(&self, ids: &[u64]) -> Result<()> {
+        let _guard = self.lowers.lock().unwrap_or_else(|p| p.into_inner());
+        for &id in ids {
+            let target = self.layout.lower(id);
+            if target.exists()
+                && sys::is_mountpoint(&target).map_err(sys_err("checking", &target))?
+            {
+                continue;
+            }
+            fs::create_dir_all(&target).map_err(io_err("creating", &target))?;
+            let blob = self.layout.blob(id);
+            sys::mount_erofs(&blob, &target, &sys::ErofsOptions::default())
+                .map_err(sys_err("mounting", &blob))?;
+        }
+        Ok(())
+    }
+
+    /// Unmount lowers that no active snapshot or view needs any more.
+    fn release_lowers(&self) -> Result<()> {
+        let _guard = self.lowers.lock().unwrap_or_else(|p| p.into_inner());
+        let needed = self.needed_lowers()?;
+        let dir = self.layout.mounts();
+        let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
+        for entry in entries.flatten() {
+            let Some(id) = Layout::parse_id(&entry.file_name()) else {
+                continue;
+            };
+            if needed.contains(&id) {
+                continue;
+            }
+            let target = entry.path();
+            if sys::is_mountpoint(&target).map_err(sys_err("checking", &target))? {
+                // Detach: a running container's overlay keeps the layer
+                // alive on its own, so this never pulls a rootfs away.
+                sys::unmount(&target, true).map_err(sys_err("unmounting", &target))?;
+            }
+            let _ = fs::remove_dir(&target);
+        }
+        Ok(())
+    }
+
+    fn needed_lowers(&self) -> Result<BTreeSet<u64>> {
+        let mut keys = Vec::new();
+        self.store.walk(&mut |info| {
+            if info.kind != Kind::Committed {
+                keys.push(info.name.clone());
+            }
+            true
+        })?;
+        let mut needed = BTreeSet::new();
+        for key in keys {
+            if let Ok((snap, _)) = self.store.get(&key) {
+                needed.extend(snap.parent_ids);
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Turn active snapshot `key` into committed `name`. The layer image
+    /// is the one our differ left, or the upper directory converted here.
+    pub fn commit(&self, key: &str, name: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        let (snap, _) = self.store.get(key)?;
+        if snap.kind != Kind::Active {
+            return Err(
+                StoreError::FailedPrecondition(format!("{key} is not an active snapshot")).into(),
+            );
+        }
+        let id = snap.id;
+        let blob = self.layout.blob(id);
+        if !blob.exists() {
+            self.convert_upper(id)?;
+        }
+        if self.cfg.enable_fsverity {
+            match sys::enable_verity(&blob) {
+                Ok(sys::VerityStatus::Unsupported) => {
+                    eprintln!("warning: fs-verity unsupported for {}", blob.display());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(sys_err("enabling fs-verity on", &blob)(e)),
+            }
+        }
+        if self.cfg.set_immutable
+            && let Err(e) = sys::set_immutable(&blob, true)
+        {
+            eprintln!("warning: set_immutable {}: {e}", blob.display());
+        }
+        let size = fs::metadata(&blob).map_err(io_err("stat", &blob))?.len();
+        let usage = Usage {
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            inodes: 1,
+        };
+        self.store.commit(key, name, usage, labels, None)?;
+        // The upper's content now lives in the image; keep fs/ itself,
+        // whose owner children inherit.
+        let fs_dir = self.layout.fs(id);
+        clear_dir(&fs_dir).map_err(io_err("clearing", &fs_dir))?;
+        let work = self.layout.work(id);
+        let _ = fs::remove_dir_all(&work);
+        let _ = fs::remove_file(self.layout.marker(id));
+        Ok(())
+    }
+
+    /// Convert `fs/` (an overlay upper, whiteouts as 0:0 devices) to
+    /// `layer.erofs`, durably.
+    fn convert_upper(&self, id: u64) -> Result<()> {
+        let fs_dir = self.layout.fs(id);
+        let dir = self.layout.snapshot(id);
+        let conv_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Convert {
+            path: fs_dir.clone(),
+            source,
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".layer-")
+            .tempfile_in(&dir)
+            .map_err(io_err("creating a temporary file in", &dir))?;
+        let file = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
+        let mut writer =
+            erofs::writer::ImageWriter::new(file, erofs::writer::WriterOptions::default())
+                .map_err(|e| conv_err(Box::new(e)))?;
+        let opts = layer::dir::DirOptions {
+            keep_xattr: keep_upper_xattr,
+        };
+        let (tree, _) = layer::dir::read_dir_tree_with(&fs_dir, &mut writer, &opts)
+            .map_err(|e| conv_err(Box::new(e)))?;
+        let (file, _) = writer.finish(&tree).map_err(|e| conv_err(Box::new(e)))?;
+        file.sync_all().map_err(io_err("fsync", tmp.path()))?;
+        let blob = self.layout.blob(id);
+        tmp.persist(&blob)
+            .map_err(|e| io_err("renaming into", &blob)(e.error))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &dir))?;
+        Ok(())
+    }
+
+    /// Remove `key`. Fast: the directory moves to the trash and is deleted
+    /// in the background.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let (id, kind) = self.store.remove(key)?;
+        let blob = self.layout.blob(id);
+        if kind == Kind::Committed && self.cfg.set_immutable && blob.exists() {
+            let _ = sys::set_immutable(&blob, false);
+        }
+        self.trash_dir(id)?;
+        if kind == Kind::Committed {
+            let lower = self.layout.lower(id);
+            if lower.exists() && sys::is_mountpoint(&lower).unwrap_or(false) {
+                sys::unmount(&lower, true).map_err(sys_err("unmounting", &lower))?;
+            }
+            let _ = fs::remove_dir(&lower);
+        } else {
+            self.release_lowers()?;
+        }
+        self.purge_trash_in_background();
+        Ok(())
+    }
+
+    fn trash_dir(&self, id: u64) -> Result<()> {
+        let dir = self.layout.snapshot(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        // Leftover mounts inside (a commit interrupted mid-way) would make
+        // the deletion fail or cross into another filesystem.
+        for m in sys::mounts_under(&dir).unwrap_or_default().iter().rev() {
+            let _ = sys::unmount(&m.mount_point, true);
+        }
+        let dest = self
+            .layout
+            .trash()
+            .join(format!("{id}-{}", std::process::id()));
+        let dest = unique(dest);
+        fs::rename(&dir, &dest).map_err(io_err("moving to trash", &dir))
+    }
+
+    fn purge_trash_in_background(&self) {
+        let trash = self.layout.trash();
+        let _ = std::thread::Builder::new()
+            .name("trash".into())
+            .spawn(move || purge(&trash));
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        Ok(self.store.info(key)?)
+    }
+
+    pub fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
+        Ok(self.store.update(info, fieldpaths)?)
+    }
+
+    pub fn list(&self, filter_strings: &[String]) -> Result<Vec<Info>> {
+        let filter = filters::parse(filter_strings)?;
+        let mut out = Vec::new();
+        self.store.walk(&mut |info| {
+            if filter.matches(&InfoFields(info)) {
+                out.push(info.clone());
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Committed: the image size recorded at commit. Active: what the
+    /// upper really uses on disk.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let (snap, _) = self.store.get(key)?;
+        if snap.kind == Kind::Committed {
+            return Ok(self.store.usage(key)?);
+        }
+        let fs_dir = self.layout.fs(snap.id);
+        disk_usage(&fs_dir).map_err(io_err("measuring", &fs_dir))
+    }
+
+    /// Reclaim everything not backed by a record: orphan snapshot
+    /// directories, stale lower mounts, the trash.
+    pub fn cleanup(&self) -> Result<()> {
+        self.recover()
+    }
+
+    fn recover(&self) -> Result<()> {
+        let ids: BTreeSet<u64> = self.store.ids()?.into_keys().collect();
+        let dir = self.layout.snapshots();
+        let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let orphan = match Layout::parse_id(&name) {
+                Some(id) => !ids.contains(&id),
+                None => name.to_string_lossy().starts_with(NEW_PREFIX),
+            };
+            if orphan {
+                let path = entry.path();
+                for m in sys::mounts_under(&path).unwrap_or_default().iter().rev() {
+                    let _ = sys::unmount(&m.mount_point, true);
+                }
+                let dest = unique(self.layout.trash().join(name));
+                fs::rename(&path, &dest).map_err(io_err("moving to trash", &path))?;
+            }
+        }
+        self.release_lowers()?;
+        purge(&self.layout.trash());
+        Ok(())
+    }
+}
+
+/// `path`, or `path` with a numeric suffix if it exists.
+fn unique(path: PathBuf) -> PathBuf {
+    let mut p = path.clone();
+    let mut n = 0;
+    while p.exists() {
+        n += 1;
+        p = PathBuf::from(format!("{}.{n}", path.display()));
+    }
+    p
+}
+
+/// Delete everything in the trash; entries that fail stay for the next
+/// attempt.
+fn purge(trash: &Path) {
+    if let Ok(entries) = fs::read_dir(trash) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let blob = p.join(crate::layout::BLOB);
+            if blob.exists() {
+                let _ = sys::set_immutable(&blob, false);
+            }
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+}
+
+/// Remove the contents of `dir`, keeping `dir`.
+fn clear_dir(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bytes allocated and inodes used under `root`, hard links counted once,
+/// without following symlinks or crossing into other filesystems.
+fn disk_usage(root: &Path) -> io::Result<Usage> {
+    let dev = fs::symlink_metadata(root)?.dev();
+    let mut seen = BTreeSet::new();
+    let mut size = 0i64;
+    let mut inodes = 0i64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p)?;
+        if md.dev() != dev || !seen.insert(md.ino()) {
+            continue;
+        }
+        inodes += 1;
+        size += i64::try_from(md.blocks() * 512).unwrap_or(i64::MAX);
+        if md.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(Usage { size, inodes })
+}
