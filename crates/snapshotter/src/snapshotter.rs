@@ -122,7 +122,9 @@ impl Fields for InfoFields<'_> {
     fn field(&self, path: &[String]) -> Option<String> {
         match path {
             [f] if f == "name" => Some(self.0.name.clone()),
-            [f] if f == "parent" => self.0.parent.clone(),
+            // Always present, empty for a root snapshot, as containerd
+            // reports it: `parent==""` selects the roots.
+            [f] if f == "parent" => Some(self.0.parent.clone().unwrap_or_default()),
             [f] if f == "kind" => Some(
                 match self.0.kind {
                     Kind::View => "view",
