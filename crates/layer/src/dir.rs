@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -92,10 +92,44 @@ fn meta_of(st: &rustix::fs::Stat) -> Meta {
     }
 }
 
-/// Read all xattrs of an open file. Filesystems without xattr support
-/// simply have none.
-fn read_xattrs<Fd: AsFd>(
-    fd: Fd,
+/// How to reach one file's xattrs: through its descriptor, or, for the
+/// `O_PATH` descriptors of symlinks and special files (which refuse xattr
+/// calls), through `/proc/self/fd/N`: following that magic link reaches
+/// the very inode we opened, even a symlink.
+enum XattrSource<'a> {
+    Fd(BorrowedFd<'a>),
+    Proc(&'a Path),
+}
+
+impl XattrSource<'_> {
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrSource::Proc(p) => rustix::fs::listxattr(*p, buf),
+        }
+    }
+
+    fn get(&self, name: &OsStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, name, buf),
+            XattrSource::Proc(p) => rustix::fs::getxattr(*p, name, buf),
+        }
+    }
+
+    /// Errors that mean "this file has no xattrs we can read".
+    fn none(&self, e: rustix::io::Errno) -> bool {
+        use rustix::io::Errno;
+        match self {
+            XattrSource::Fd(_) => e == Errno::NOTSUP,
+            XattrSource::Proc(_) => matches!(e, Errno::NOTSUP | Errno::BADF | Errno::PERM),
+        }
+    }
+}
+
+/// Read all xattrs of one file that `keep` accepts and EROFS can store;
+/// the others are counted as dropped.
+fn read_xattrs(
+    src: XattrSource<'_>,
     path: &Path,
     keep: fn(&[u8]) -> bool,
     stats: &mut DirStats,
@@ -103,18 +137,19 @@ fn read_xattrs<Fd: AsFd>(
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 4096];
     let len = loop {
-        match rustix::fs::flistxattr(&fd, &mut names) {
+        match src.list(&mut names) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+            Err(rustix::io::Errno::RANGE) if names.len() < (1 << 20) => {
+                names.resize(names.len() * 4, 0)
+            }
+            Err(e) if src.none(e) => return Ok(out),
             Err(e) => return Err(io_err(path)(e)),
         }
     };
     for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = OsStr::from_bytes(name);
         let mut value = vec![0u8; 256];
         let n = loop {
-            match rustix::fs::fgetxattr(&fd, cname, &mut value) {
+            match src.get(OsStr::from_bytes(name), &mut value) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::RANGE) if value.len() < (1 << 16) => {
                     value.resize(1 << 16, 0)
@@ -142,7 +177,12 @@ impl<F: Output> Walker<'_, F> {
         .map_err(io_err(root))?;
         let st = rustix::fs::fstat(&fd).map_err(io_err(root))?;
         let mut node = Node::new(meta_of(&st), Content::Dir(BTreeMap::new()));
-        node.xattrs = read_xattrs(&fd, root, self.opts.keep_xattr, &mut self.stats)?;
+        node.xattrs = read_xattrs(
+            XattrSource::Fd(fd.as_fd()),
+            root,
+            self.opts.keep_xattr,
+            &mut self.stats,
+        )?;
         self.tree
             .insert(&[], node)
             .map_err(|source| DirError::Tree {
@@ -225,23 +265,15 @@ impl<F: Output> Walker<'_, F> {
             | OFlags::NONBLOCK;
         let fd =
             rustix::fs::openat(dirfd, name, open_flags, Mode::empty()).map_err(io_err(&path))?;
-        let xattrs = match ftype {
-            // Symlinks, devices and fifos cannot be read through O_PATH
-            // descriptors; the kernel only allows trusted/security xattrs
-            // on them, which a layer rarely has.
-            FileType::Directory | FileType::RegularFile => {
-                read_xattrs(&fd, &path, self.opts.keep_xattr, &mut self.stats)?
-            }
+        let proc;
+        let source = match ftype {
+            FileType::Directory | FileType::RegularFile => XattrSource::Fd(fd.as_fd()),
             _ => {
-                let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-                read_path_xattrs(
-                    Path::new(&proc),
-                    &path,
-                    self.opts.keep_xattr,
-                    &mut self.stats,
-                )?
+                proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                XattrSource::Proc(Path::new(&proc))
             }
         };
+        let xattrs = read_xattrs(source, &path, self.opts.keep_xattr, &mut self.stats)?;
         let (content, subdir) = match ftype {
             FileType::Directory => (Content::Dir(BTreeMap::new()), Some(fd)),
             FileType::RegularFile => {
@@ -278,38 +310,6 @@ impl<F: Output> Walker<'_, F> {
         self.tree.insert(comps, node).map_err(tree_err)?;
         Ok(subdir)
     }
-}
-
-/// Xattrs through `/proc/self/fd/N` of an `O_PATH` descriptor: following
-/// that magic link reaches the very inode we opened, even a symlink.
-fn read_path_xattrs(
-    proc_path: &Path,
-    path: &Path,
-    keep: fn(&[u8]) -> bool,
-    stats: &mut DirStats,
-) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
-    let mut out = BTreeMap::new();
-    let mut names = vec![0u8; 4096];
-    let len = match rustix::fs::listxattr(proc_path, &mut names) {
-        Ok(n) => n,
-        // O_PATH descriptors of special files often refuse xattr calls.
-        Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::BADF | rustix::io::Errno::PERM) => {
-            return Ok(out);
-        }
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let mut value = vec![0u8; 1 << 16];
-        let n = rustix::fs::getxattr(proc_path, OsStr::from_bytes(name), &mut value)
-            .map_err(io_err(path))?;
-        value.truncate(n);
-        if !keep(name) || erofs::tree::validate_xattr(name, &value).is_err() {
-            stats.dropped_xattrs += 1;
-            continue;
-        }
-        out.insert(name.to_vec(), value);
-    }
-    Ok(out)
 }
 
 fn join(root: &Path, comps: &[Vec<u8>]) -> PathBuf {
