@@ -41,6 +41,7 @@ pub fn run(args: Args) -> Result<()> {
         ovl_mount_options: cfg.ovl_mount_options.clone(),
         set_immutable: cfg.set_immutable,
         enable_fsverity: cfg.enable_fsverity,
+        default_size: cfg.default_size,
     })
     .with_context(|| format!("opening {}", cfg.root_path.display()))?;
     let service = SnapshotService::new(Arc::new(core));

@@ -99,9 +99,6 @@ impl Config {
         if self.mount_mode == MountMode::MountManager {
             return Err(ConfigError::Unsupported("mount_mode = \"mount-manager\""));
         }
-        if self.default_size > 0 {
-            return Err(ConfigError::Unsupported("default_size (ext4 upper)"));
-        }
         Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //!     fs/                         overlay upperdir, or the whole tree without parent
 //!     work/                       overlay workdir
 //!     layer.erofs                 the layer (committed; or written by our differ)
+//!     rwlayer.img, rw/{upper,work} size-limited upper (default_size): an ext4
+//!                                 image mounted at rw/, dropped at commit
 //! <root>/snapshots/new-<rand>/    being created; renamed to <id> in the transaction
 //! <root>/mounts/<id>/             self-mount mode: layer.erofs of committed <id>, read-only
 //! <root>/trash/<id>-<rand>/       removed snapshots, deleted in the background
@@ -61,6 +63,36 @@ impl Layout {
 
     pub fn blob(&self, id: u64) -> PathBuf {
         self.snapshot(id).join(BLOB)
+    }
+
+    /// The ext4 image holding the writable layer of a size-limited
+    /// (`default_size`) active snapshot.
+    pub fn rwlayer(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("rwlayer.img")
+    }
+
+    /// Where that image is mounted.
+    pub fn rw(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("rw")
+    }
+
+    /// The directory that receives a snapshot's changes: inside the ext4
+    /// image when it has one, `fs/` otherwise.
+    pub fn upper(&self, id: u64, block: bool) -> PathBuf {
+        if block {
+            self.rw(id).join("upper")
+        } else {
+            self.fs(id)
+        }
+    }
+
+    /// Overlay's work directory, on the same filesystem as the upper.
+    pub fn workdir(&self, id: u64, block: bool) -> PathBuf {
+        if block {
+            self.rw(id).join("work")
+        } else {
+            self.work(id)
+        }
     }
 
     pub fn marker(&self, id: u64) -> PathBuf {

@@ -25,11 +25,12 @@ pub enum MountError {
 /// Mounts for snapshot `id` whose parents (immediate parent first) are
 /// committed and, in self-mount mode, mounted at `Layout::lower`.
 ///
-/// * no parent: a bind mount of `fs/` (rw for active, ro for a view);
+/// * no parent: a bind mount of the upper (rw for active, ro for a view);
 /// * a view of one parent: that layer's image, mounted by the client;
 /// * otherwise: overlay with the parents' mount points as lowers (top
 ///   first), plus `fs/` and `work/` for an active snapshot.
 ///
+/// `block`: the snapshot's upper lives in its ext4 image (`rw/upper`).
 /// `ovl_options` come last, after containerd's own order (workdir,
 /// upperdir, lowerdir).
 pub fn mounts(
@@ -37,6 +38,7 @@ pub fn mounts(
     id: u64,
     kind: Kind,
     parents: &[u64],
+    block: bool,
     ovl_options: &[String],
 ) -> Result<Vec<MountSpec>, MountError> {
     let ro = match kind {
@@ -47,7 +49,7 @@ pub fn mounts(
     let Some(&top) = parents.first() else {
         return Ok(vec![MountSpec {
             kind: "bind".into(),
-            source: layout.fs(id),
+            source: layout.upper(id, block && !ro),
             options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
         }]);
     };
@@ -66,8 +68,8 @@ pub fn mounts(
         .collect();
     let mut options = Vec::new();
     if !ro {
-        options.push(format!("workdir={}", layout.work(id).display()));
-        options.push(format!("upperdir={}", layout.fs(id).display()));
+        options.push(format!("workdir={}", layout.workdir(id, block).display()));
+        options.push(format!("upperdir={}", layout.upper(id, block).display()));
     }
     options.push(format!("lowerdir={}", lowers.join(":")));
     options.extend(ovl_options.iter().cloned());
@@ -89,17 +91,17 @@ mod tests {
 
     #[test]
     fn no_parent() {
-        let m = mounts(&l(), 5, Kind::Active, &[], &[]).unwrap();
+        let m = mounts(&l(), 5, Kind::Active, &[], false, &[]).unwrap();
         assert_eq!(m[0].kind, "bind");
         assert_eq!(m[0].source, PathBuf::from("/r/snapshots/5/fs"));
         assert_eq!(m[0].options, ["rw", "rbind"]);
-        let m = mounts(&l(), 5, Kind::View, &[], &[]).unwrap();
+        let m = mounts(&l(), 5, Kind::View, &[], false, &[]).unwrap();
         assert_eq!(m[0].options, ["ro", "rbind"]);
     }
 
     #[test]
     fn single_parent_view_is_the_layer() {
-        let m = mounts(&l(), 5, Kind::View, &[2], &[]).unwrap();
+        let m = mounts(&l(), 5, Kind::View, &[2], false, &[]).unwrap();
         assert_eq!(
             m,
             [MountSpec {
@@ -112,7 +114,7 @@ mod tests {
 
     #[test]
     fn active_overlay_order() {
-        let m = mounts(&l(), 9, Kind::Active, &[4, 2], &["index=off".into()]).unwrap();
+        let m = mounts(&l(), 9, Kind::Active, &[4, 2], false, &["index=off".into()]).unwrap();
         assert_eq!(m[0].kind, "overlay");
         assert_eq!(
             m[0].options,
@@ -126,15 +128,30 @@ mod tests {
     }
 
     #[test]
+    fn size_limited_upper_lives_in_the_ext4_image() {
+        let m = mounts(&l(), 9, Kind::Active, &[4], true, &[]).unwrap();
+        assert_eq!(
+            m[0].options,
+            [
+                "workdir=/r/snapshots/9/rw/work",
+                "upperdir=/r/snapshots/9/rw/upper",
+                "lowerdir=/r/mounts/4"
+            ]
+        );
+        let m = mounts(&l(), 9, Kind::Active, &[], true, &[]).unwrap();
+        assert_eq!(m[0].source, PathBuf::from("/r/snapshots/9/rw/upper"));
+    }
+
+    #[test]
     fn multi_parent_view_is_read_only_overlay() {
-        let m = mounts(&l(), 9, Kind::View, &[4, 2], &[]).unwrap();
+        let m = mounts(&l(), 9, Kind::View, &[4, 2], false, &[]).unwrap();
         assert_eq!(m[0].options, ["lowerdir=/r/mounts/4:/r/mounts/2"]);
     }
 
     #[test]
     fn committed_has_no_mounts() {
         assert_eq!(
-            mounts(&l(), 1, Kind::Committed, &[], &[]),
+            mounts(&l(), 1, Kind::Committed, &[], false, &[]),
             Err(MountError::Committed)
         );
     }

@@ -37,6 +37,9 @@ pub struct Config {
     /// Enable fs-verity on committed layer images where the filesystem
     /// supports it (skipped with a warning where it does not).
     pub enable_fsverity: bool,
+    /// Bytes of the ext4 image holding each active snapshot's changes (a
+    /// quota); 0 for a plain directory.
+    pub default_size: u64,
 }
 
 /// Every way a snapshot operation can fail, classified for the caller.
@@ -204,32 +207,24 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<MountSpec>> {
+        let block = kind == Kind::Active && self.cfg.default_size > 0;
         let tmp = tempfile::Builder::new()
             .prefix(NEW_PREFIX)
             .tempdir_in(self.layout.snapshots())
             .map_err(io_err("creating a directory in", &self.layout.snapshots()))?;
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod", tmp.path()))?;
-        let fs_dir = tmp.path().join("fs");
-        fs::create_dir(&fs_dir).map_err(io_err("creating", &fs_dir))?;
-        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
-            .map_err(io_err("chmod", &fs_dir))?;
+        make_dir(&tmp.path().join("fs"), 0o755)?;
         if kind == Kind::Active {
-            let work = tmp.path().join("work");
-            fs::create_dir(&work).map_err(io_err("creating", &work))?;
-            fs::set_permissions(&work, fs::Permissions::from_mode(0o711))
-                .map_err(io_err("chmod", &work))?;
             let marker = tmp.path().join(crate::layout::MARKER);
             fs::write(&marker, b"").map_err(io_err("creating", &marker))?;
+            if block {
+                make_ext4(&tmp.path().join("rwlayer.img"), self.cfg.default_size)?;
+            } else {
+                make_dir(&tmp.path().join("work"), 0o711)?;
+            }
         }
         let snap = self.store.create(kind, key, parent, labels)?;
-        // The upper inherits the owner of the layer below, as containerd
-        // does, so a non-root image's root directory stays writable.
-        if let Some(&top) = snap.parent_ids.first()
-            && let Ok(md) = fs::metadata(self.layout.fs(top))
-        {
-            let _ = std::os::unix::fs::chown(&fs_dir, Some(md.uid()), Some(md.gid()));
-        }
         let dir = self.layout.snapshot(snap.id);
         if let Err(e) = fs::rename(tmp.path(), &dir) {
             let _ = self.store.remove(key);
@@ -237,35 +232,79 @@ impl Snapshotter {
         }
         // Renamed away: nothing left for the guard to delete.
         let _ = tmp.keep();
-        match self.ensure_lowers(&snap.parent_ids).and_then(|()| {
+        let result = self.ensure_lowers(&snap.parent_ids).and_then(|()| {
+            if block {
+                self.ensure_rw(snap.id)?;
+            }
+            if kind == Kind::Active {
+                self.inherit_owner(snap.id, block, &snap.parent_ids);
+            }
             Ok(mounts::mounts(
                 &self.layout,
                 snap.id,
                 kind,
                 &snap.parent_ids,
+                block,
                 &self.cfg.ovl_mount_options,
             )?)
-        }) {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                let _ = self.remove(key);
-                Err(e)
-            }
+        });
+        if result.is_err() {
+            let _ = self.remove(key);
+        }
+        result
+    }
+
+    /// The upper's root takes the owner of the layer below, as containerd
+    /// does, so a non-root image's root directory stays writable for it.
+    fn inherit_owner(&self, id: u64, block: bool, parents: &[u64]) {
+        if let Some(&top) = parents.first()
+            && let Ok(md) = fs::metadata(self.layout.lower(top))
+        {
+            let upper = self.layout.upper(id, block);
+            let _ = std::os::unix::fs::chown(&upper, Some(md.uid()), Some(md.gid()));
         }
     }
 
-    /// Mounts of an existing active snapshot or view. Lowers are mounted
-    /// again if they are missing (after a reboot, say).
+    /// Mount a size-limited snapshot's ext4 image unless it already is
+    /// (after a restart it still is; after a reboot it is not), with the
+    /// overlay upper and work directories inside.
+    fn ensure_rw(&self, id: u64) -> Result<()> {
+        let rw = self.layout.rw(id);
+        if rw.exists() && sys::is_mountpoint(&rw).map_err(sys_err("checking", &rw))? {
+            return Ok(());
+        }
+        fs::create_dir_all(&rw).map_err(io_err("creating", &rw))?;
+        let image = self.layout.rwlayer(id);
+        sys::mount_ext4_image(&image, &rw).map_err(sys_err("mounting", &image))?;
+        for (dir, mode) in [
+            (self.layout.upper(id, true), 0o755),
+            (self.layout.workdir(id, true), 0o711),
+        ] {
+            if !dir.exists() {
+                make_dir(&dir, mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mounts of an existing active snapshot or view. Lowers (and a
+    /// size-limited upper) are mounted again if they are missing, after a
+    /// reboot say.
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
         let (snap, _) = self.store.get(key)?;
+        let block = self.layout.rwlayer(snap.id).exists();
         if snap.kind != Kind::Committed {
             self.ensure_lowers(&snap.parent_ids)?;
+            if block {
+                self.ensure_rw(snap.id)?;
+            }
         }
         Ok(mounts::mounts(
             &self.layout,
             snap.id,
             snap.kind,
             &snap.parent_ids,
+            block,
             &self.cfg.ovl_mount_options,
         )?)
     }
@@ -341,9 +380,13 @@ impl Snapshotter {
             );
         }
         let id = snap.id;
+        let block = self.layout.rwlayer(id).exists();
         let blob = self.layout.blob(id);
         if !blob.exists() {
-            self.convert_upper(id)?;
+            if block {
+                self.ensure_rw(id)?;
+            }
+            self.convert_upper(id, &self.layout.upper(id, block))?;
         }
         if self.cfg.enable_fsverity {
             match sys::enable_verity(&blob) {
@@ -372,13 +415,21 @@ impl Snapshotter {
         let work = self.layout.work(id);
         let _ = fs::remove_dir_all(&work);
         let _ = fs::remove_file(self.layout.marker(id));
+        if block {
+            let rw = self.layout.rw(id);
+            if sys::is_mountpoint(&rw).unwrap_or(false) {
+                sys::unmount(&rw, true).map_err(sys_err("unmounting", &rw))?;
+            }
+            let _ = fs::remove_dir(&rw);
+            let _ = fs::remove_file(self.layout.rwlayer(id));
+        }
         Ok(())
     }
 
-    /// Convert `fs/` (an overlay upper, whiteouts as 0:0 devices) to
+    /// Convert an upper directory (whiteouts as 0:0 devices) to
     /// `layer.erofs`, durably.
-    fn convert_upper(&self, id: u64) -> Result<()> {
-        let fs_dir = self.layout.fs(id);
+    fn convert_upper(&self, id: u64, upper: &Path) -> Result<()> {
+        let fs_dir = upper.to_path_buf();
         let dir = self.layout.snapshot(id);
         let conv_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Convert {
             path: fs_dir.clone(),
@@ -482,8 +533,9 @@ impl Snapshotter {
         if snap.kind == Kind::Committed {
             return Ok(self.store.usage(key)?);
         }
-        let fs_dir = self.layout.fs(snap.id);
-        disk_usage(&fs_dir).map_err(io_err("measuring", &fs_dir))
+        let block = self.layout.rwlayer(snap.id).exists();
+        let upper = self.layout.upper(snap.id, block);
+        disk_usage(&upper).map_err(io_err("measuring", &upper))
     }
 
     /// Reclaim everything not backed by a record: orphan snapshot
@@ -515,6 +567,33 @@ impl Snapshotter {
         purge(&self.layout.trash());
         Ok(())
     }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    fs::create_dir(path).map_err(io_err("creating", path))?;
+    // Explicit: the umask must not decide an upper's permissions.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+/// A sparse file of `size` bytes formatted ext4, with no blocks reserved
+/// for root so that the whole size is the quota.
+fn make_ext4(path: &Path, size: u64) -> Result<()> {
+    let f = fs::File::create(path).map_err(io_err("creating", path))?;
+    f.set_len(size).map_err(io_err("sizing", path))?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E", "nodiscard"])
+        .arg(path)
+        .output()
+        .map_err(io_err("running mkfs.ext4 for", path))?;
+    if !out.status.success() {
+        return Err(Error::Io {
+            what: "mkfs.ext4",
+            path: path.to_path_buf(),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    Ok(())
 }
 
 /// `path`, or `path` with a numeric suffix if it exists.

@@ -39,7 +39,8 @@ pub use error::{Error, Result};
 pub use flags::set_immutable;
 pub use loopdev::{LoopDevice, attach_loop, detach_loop_device, loop_devices};
 pub use mount::{
-    ErofsOptions, MountKind, mount_bind, mount_erofs, mount_overlay, overlay_escape, unmount,
+    ErofsOptions, MountKind, mount_bind, mount_erofs, mount_ext4_image, mount_overlay,
+    overlay_escape, unmount,
 };
 pub use mountinfo::{MountInfo, is_mountpoint, mounts_under};
 pub use probe::{

@@ -195,6 +195,20 @@ fn erofs(
     )
 }
 
+/// Mounts the ext4 filesystem image `image` read-write on `target`
+/// through an autoclear loop device: the size-limited writable layer of a
+/// snapshot. Unmounting `target` is the only clean-up there is.
+pub fn mount_ext4_image(image: &Path, target: &Path) -> Result<()> {
+    // Direct I/O: the upper's data is cached once, by ext4, not a second
+    // time by the loop device's backing file.
+    let dev = attach_loop(image, false, true)?;
+    let what = image.display().to_string();
+    let mut ctx = FsContext::open("ext4", what, target)?;
+    ctx.set_string("source", dev.path().as_os_str().as_bytes())?;
+    ctx.attach(MountAttrFlags::empty())
+    // `dev` closes here; autoclear keeps the device while it is mounted.
+}
+
 /// Appends `,key` + `value` (no comma before the first option).
 fn push_opt(data: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     if !data.is_empty() {

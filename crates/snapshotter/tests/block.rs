@@ -1,0 +1,119 @@
+//! `default_size`: each active snapshot's changes live in an ext4 image of
+//! that size, so a container cannot write more (ENOSPC), and Commit turns
+//! what it wrote into an EROFS layer like any other upper. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use snapshotter::snapshotter::{Config, Snapshotter};
+
+fn root_or_skip() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root and must not be skipped on CI"
+    );
+    eprintln!("SKIPPED: needs root");
+    false
+}
+
+/// Mount an overlay spec with mount(8); unmounted on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn overlay(options: &[String], target: &Path) -> Mounted {
+        fs::create_dir_all(target).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options.join(",")])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Mounted(target.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn fill(dir: &Path, mib: usize) -> std::io::Result<()> {
+    let mut f = fs::File::create(dir.join("big"))?;
+    let chunk = vec![1u8; 1 << 20];
+    for _ in 0..mib {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+fn mounts_under(root: &Path) -> usize {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = root.to_string_lossy().into_owned();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .count()
+}
+
+#[test]
+fn default_size_is_a_quota_and_commits_to_erofs() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = tmp.path().join("root");
+    let s = Snapshotter::open(Config {
+        root: root.clone(),
+        default_size: 16 << 20,
+        ..Config::default()
+    })
+    .unwrap();
+
+    // No parent: the bind source is the upper inside the ext4 image.
+    let m = s.prepare("a", None, BTreeMap::new()).unwrap();
+    assert_eq!(m[0].kind, "bind");
+    let upper = m[0].source.clone();
+    assert!(upper.ends_with("rw/upper"), "{upper:?}");
+    fs::write(upper.join("hello"), "world\n").unwrap();
+    let err = fill(&upper, 32).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(sys::Errno::NOSPC.raw_os_error()));
+    fs::remove_file(upper.join("big")).unwrap();
+    s.commit("a", "base", BTreeMap::new()).unwrap();
+    assert!(!root.join("snapshots/1/rwlayer.img").exists());
+
+    // With a parent: overlay whose upperdir is in the image.
+    let m = s.prepare("b", Some("base"), BTreeMap::new()).unwrap();
+    {
+        let g = Mounted::overlay(&m[0].options, &tmp.path().join("ovl"));
+        assert_eq!(fs::read_to_string(g.0.join("hello")).unwrap(), "world\n");
+        let err = fill(&g.0, 32).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(sys::Errno::NOSPC.raw_os_error()));
+        fs::remove_file(g.0.join("big")).unwrap();
+        fs::remove_file(g.0.join("hello")).unwrap();
+        fs::write(g.0.join("new"), "n\n").unwrap();
+    }
+    let usage = s.usage("b").unwrap();
+    assert!(usage.inodes >= 3, "{usage:?}");
+    s.commit("b", "top", BTreeMap::new()).unwrap();
+
+    // The committed layer holds the change and the whiteout.
+    let v = s.view("v", Some("top"), BTreeMap::new()).unwrap();
+    {
+        let g = Mounted::overlay(&v[0].options, &tmp.path().join("view"));
+        assert!(!g.0.join("hello").exists());
+        assert_eq!(fs::read_to_string(g.0.join("new")).unwrap(), "n\n");
+    }
+    for k in ["v", "top", "base"] {
+        s.remove(k).unwrap();
+    }
+    s.cleanup().unwrap();
+    assert_eq!(mounts_under(&root), 0);
+}
