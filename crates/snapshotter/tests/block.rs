@@ -117,3 +117,31 @@ fn default_size_is_a_quota_and_commits_to_erofs() {
     s.cleanup().unwrap();
     assert_eq!(mounts_under(&root), 0);
 }
+
+/// `set_immutable`: the committed image cannot be changed or deleted,
+/// yet Remove still reclaims it (the flag is cleared first).
+#[test]
+fn set_immutable_protects_committed_layers() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = tmp.path().join("root");
+    let s = Snapshotter::open(Config {
+        root: root.clone(),
+        set_immutable: true,
+        ..Config::default()
+    })
+    .unwrap();
+    let m = s.prepare("a", None, BTreeMap::new()).unwrap();
+    fs::write(m[0].source.join("f"), "x").unwrap();
+    s.commit("a", "base", BTreeMap::new()).unwrap();
+    let blob = root.join("snapshots/1/layer.erofs");
+    assert!(sys::flags::is_immutable(&blob).unwrap());
+    assert!(fs::OpenOptions::new().append(true).open(&blob).is_err());
+    assert!(fs::remove_file(&blob).is_err());
+    s.remove("base").unwrap();
+    s.cleanup().unwrap();
+    assert!(!blob.exists());
+    assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0);
+}
