@@ -42,6 +42,7 @@ pub fn run(args: Args) -> Result<()> {
         set_immutable: cfg.set_immutable,
         enable_fsverity: cfg.enable_fsverity,
         default_size: cfg.default_size,
+        mount_mode: cfg.mount_mode,
     })
     .with_context(|| format!("opening {}", cfg.root_path.display()))?;
     let service = SnapshotService::new(Arc::new(core));

@@ -96,8 +96,12 @@ impl Config {
     /// Refuse combinations this build cannot serve, at start-up rather
     /// than on the first request.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.mount_mode == MountMode::MountManager {
-            return Err(ConfigError::Unsupported("mount_mode = \"mount-manager\""));
+        if self.mount_mode == MountMode::MountManager && self.default_size > 0 {
+            // containerd's mount manager only formats images under its own
+            // root directory, which ours is not.
+            return Err(ConfigError::Unsupported(
+                "default_size with mount_mode = \"mount-manager\"",
+            ));
         }
         Ok(())
     }
@@ -129,6 +133,9 @@ mod tests {
     fn unknown_keys_and_unsupported_modes_are_refused() {
         assert!(toml::from_str::<Config>("nope = 1").is_err());
         let c: Config = toml::from_str(r#"mount_mode = "mount-manager""#).unwrap();
+        c.validate().unwrap();
+        let c: Config =
+            toml::from_str("mount_mode = \"mount-manager\"\ndefault_size = 1048576").unwrap();
         assert!(c.validate().is_err());
     }
 }

@@ -20,6 +20,10 @@ pub struct MountSpec {
 pub enum MountError {
     #[error("committed snapshots have no mounts; create a view")]
     Committed,
+    #[error(
+        "an active snapshot without parent already holds a layer image; only a view can show it"
+    )]
+    ActiveWithBlob,
 }
 
 /// Mounts for snapshot `id` whose parents (immediate parent first) are
@@ -78,6 +82,70 @@ pub fn mounts(
         source: "overlay".into(),
         options,
     }])
+}
+
+/// Mounts for containerd ≥ 2.2's mount manager (containerd.md section
+/// 2.2): layer images are returned as `erofs` mounts for the manager to
+/// perform, and the overlay refers to them through templates. Nothing is
+/// mounted by the daemon. Block mode (`default_size`) is not offered here:
+/// the manager only formats images under containerd's own root.
+pub fn manager_mounts(
+    layout: &Layout,
+    id: u64,
+    kind: Kind,
+    parents: &[u64],
+    own_blob: bool,
+    ovl_options: &[String],
+) -> Result<Vec<MountSpec>, MountError> {
+    let ro = match kind {
+        Kind::Committed => return Err(MountError::Committed),
+        Kind::View => true,
+        Kind::Active => false,
+    };
+    if parents.is_empty() {
+        if own_blob {
+            // A staged layer: only viewable as itself.
+            if !ro {
+                return Err(MountError::ActiveWithBlob);
+            }
+            return Ok(vec![erofs_mount(layout, id)]);
+        }
+        return Ok(vec![MountSpec {
+            kind: "bind".into(),
+            source: layout.fs(id),
+            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+        }]);
+    }
+    if ro && parents.len() == 1 {
+        return Ok(vec![erofs_mount(layout, parents[0])]);
+    }
+    let mut out: Vec<MountSpec> = parents.iter().map(|p| erofs_mount(layout, *p)).collect();
+    let lowerdir = if parents.len() == 1 {
+        "lowerdir={{ mount 0 }}".to_string()
+    } else {
+        format!("lowerdir={{{{ overlay 0 {} }}}}", parents.len() - 1)
+    };
+    let mut options = Vec::new();
+    if !ro {
+        options.push(format!("workdir={}", layout.work(id).display()));
+        options.push(format!("upperdir={}", layout.fs(id).display()));
+    }
+    options.push(lowerdir);
+    options.extend(ovl_options.iter().cloned());
+    out.push(MountSpec {
+        kind: "format/mkdir/overlay".into(),
+        source: "overlay".into(),
+        options,
+    });
+    Ok(out)
+}
+
+fn erofs_mount(layout: &Layout, id: u64) -> MountSpec {
+    MountSpec {
+        kind: "erofs".into(),
+        source: layout.blob(id),
+        options: vec!["ro".into(), "loop".into()],
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +214,47 @@ mod tests {
     fn multi_parent_view_is_read_only_overlay() {
         let m = mounts(&l(), 9, Kind::View, &[4, 2], false, &[]).unwrap();
         assert_eq!(m[0].options, ["lowerdir=/r/mounts/4:/r/mounts/2"]);
+    }
+
+    fn strings(m: &MountSpec) -> Vec<&str> {
+        m.options.iter().map(String::as_str).collect()
+    }
+
+    /// The table of containerd.md section 2.2, row by row.
+    #[test]
+    fn mount_manager_shapes() {
+        let l = l();
+        let m = manager_mounts(&l, 5, Kind::Active, &[], false, &[]).unwrap();
+        assert_eq!(
+            (m[0].kind.as_str(), strings(&m[0])),
+            ("bind", vec!["rw", "rbind"])
+        );
+        let m = manager_mounts(&l, 5, Kind::View, &[], true, &[]).unwrap();
+        assert_eq!(m, [erofs_mount(&l, 5)]);
+        assert_eq!(
+            manager_mounts(&l, 5, Kind::Active, &[], true, &[]),
+            Err(MountError::ActiveWithBlob)
+        );
+        let m = manager_mounts(&l, 5, Kind::View, &[2], false, &[]).unwrap();
+        assert_eq!(m, [erofs_mount(&l, 2)]);
+        let m = manager_mounts(&l, 5, Kind::View, &[4, 2], false, &["index=off".into()]).unwrap();
+        assert_eq!(m[..2], [erofs_mount(&l, 4), erofs_mount(&l, 2)]);
+        assert_eq!(m[2].kind, "format/mkdir/overlay");
+        assert_eq!(strings(&m[2]), ["lowerdir={{ overlay 0 1 }}", "index=off"]);
+        let m = manager_mounts(&l, 9, Kind::Active, &[4], false, &[]).unwrap();
+        assert_eq!(m[0], erofs_mount(&l, 4));
+        assert_eq!(
+            strings(&m[1]),
+            [
+                "workdir=/r/snapshots/9/work",
+                "upperdir=/r/snapshots/9/fs",
+                "lowerdir={{ mount 0 }}"
+            ]
+        );
+        let m = manager_mounts(&l, 9, Kind::Active, &[4, 3, 2], false, &[]).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].source, PathBuf::from("/r/snapshots/4/layer.erofs"));
+        assert_eq!(strings(&m[3])[2], "lowerdir={{ overlay 0 2 }}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::config::MountMode;
 use crate::filters::{self, Fields};
 use crate::layout::{Layout, NEW_PREFIX};
 use crate::mounts::{self, MountError, MountSpec};
@@ -40,6 +41,8 @@ pub struct Config {
     /// Bytes of the ext4 image holding each active snapshot's changes (a
     /// quota); 0 for a plain directory.
     pub default_size: u64,
+    /// Who mounts the layers: the daemon, or containerd's mount manager.
+    pub mount_mode: crate::config::MountMode,
 }
 
 /// Every way a snapshot operation can fail, classified for the caller.
@@ -232,22 +235,14 @@ impl Snapshotter {
         }
         // Renamed away: nothing left for the guard to delete.
         let _ = tmp.keep();
-        let result = self.ensure_lowers(&snap.parent_ids).and_then(|()| {
-            if block {
-                self.ensure_rw(snap.id)?;
-            }
-            if kind == Kind::Active {
-                self.inherit_owner(snap.id, block, &snap.parent_ids);
-            }
-            Ok(mounts::mounts(
-                &self.layout,
-                snap.id,
-                kind,
-                &snap.parent_ids,
-                block,
-                &self.cfg.ovl_mount_options,
-            )?)
-        });
+        let result = self
+            .activate(snap.id, kind, &snap.parent_ids, block)
+            .and_then(|()| {
+                if kind == Kind::Active {
+                    self.inherit_owner(snap.id, block, &snap.parent_ids);
+                }
+                self.mount_specs(snap.id, kind, &snap.parent_ids, block)
+            });
         if result.is_err() {
             let _ = self.remove(key);
         }
@@ -294,19 +289,40 @@ impl Snapshotter {
         let (snap, _) = self.store.get(key)?;
         let block = self.layout.rwlayer(snap.id).exists();
         if snap.kind != Kind::Committed {
-            self.ensure_lowers(&snap.parent_ids)?;
-            if block {
-                self.ensure_rw(snap.id)?;
-            }
+            self.activate(snap.id, snap.kind, &snap.parent_ids, block)?;
         }
-        Ok(mounts::mounts(
-            &self.layout,
-            snap.id,
-            snap.kind,
-            &snap.parent_ids,
-            block,
-            &self.cfg.ovl_mount_options,
-        )?)
+        self.mount_specs(snap.id, snap.kind, &snap.parent_ids, block)
+    }
+
+    /// In self-mount mode, make sure what the returned mounts refer to is
+    /// mounted: the lower layers, and a size-limited upper. With the
+    /// mount manager, containerd mounts everything itself.
+    fn activate(&self, id: u64, kind: Kind, parents: &[u64], block: bool) -> Result<()> {
+        if self.cfg.mount_mode == MountMode::MountManager {
+            return Ok(());
+        }
+        self.ensure_lowers(parents)?;
+        if block && kind == Kind::Active {
+            self.ensure_rw(id)?;
+        }
+        Ok(())
+    }
+
+    fn mount_specs(
+        &self,
+        id: u64,
+        kind: Kind,
+        parents: &[u64],
+        block: bool,
+    ) -> Result<Vec<MountSpec>> {
+        let ovl = &self.cfg.ovl_mount_options;
+        Ok(match self.cfg.mount_mode {
+            MountMode::SelfMount => mounts::mounts(&self.layout, id, kind, parents, block, ovl)?,
+            MountMode::MountManager => {
+                let own_blob = self.layout.blob(id).exists();
+                mounts::manager_mounts(&self.layout, id, kind, parents, own_blob, ovl)?
+            }
+        })
     }
 
     /// Mount each committed layer in `ids` at its stable path unless it
