@@ -465,6 +465,10 @@ impl Snapshotter {
         let (tree, _) = layer::dir::read_dir_tree_with(&fs_dir, &mut writer, &opts)
             .map_err(|e| conv_err(Box::new(e)))?;
         let (file, _) = writer.finish(&tree).map_err(|e| conv_err(Box::new(e)))?;
+        // Readable like any layer (tempfile creates 0600); the directory
+        // above keeps it private.
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod", tmp.path()))?;
         file.sync_all().map_err(io_err("fsync", tmp.path()))?;
         let blob = self.layout.blob(id);
         tmp.persist(&blob)
