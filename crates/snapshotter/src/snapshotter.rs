@@ -398,19 +398,34 @@ impl Snapshotter {
         let id = snap.id;
         let block = self.layout.rwlayer(id).exists();
         let blob = self.layout.blob(id);
-        if !blob.exists() {
+        let converted = !blob.exists();
+        if converted {
             if block {
                 self.ensure_rw(id)?;
             }
             self.convert_upper(id, &self.layout.upper(id, block))?;
         }
+        // An image converted here shows the upper as it is now. If the
+        // commit fails after all, it must go: the next commit of `key` would
+        // adopt it and lose what is written in between.
+        let discard = || {
+            if converted {
+                if self.cfg.set_immutable {
+                    let _ = sys::set_immutable(&blob, false);
+                }
+                let _ = fs::remove_file(&blob);
+            }
+        };
         if self.cfg.enable_fsverity {
             match sys::enable_verity(&blob) {
                 Ok(sys::VerityStatus::Unsupported) => {
                     eprintln!("warning: fs-verity unsupported for {}", blob.display());
                 }
                 Ok(_) => {}
-                Err(e) => return Err(sys_err("enabling fs-verity on", &blob)(e)),
+                Err(e) => {
+                    discard();
+                    return Err(sys_err("enabling fs-verity on", &blob)(e));
+                }
             }
         }
         if self.cfg.set_immutable
@@ -423,7 +438,10 @@ impl Snapshotter {
             size: i64::try_from(size).unwrap_or(i64::MAX),
             inodes: 1,
         };
-        self.store.commit(key, name, usage, labels, None)?;
+        if let Err(e) = self.store.commit(key, name, usage, labels, None) {
+            discard();
+            return Err(e.into());
+        }
         // The upper's content now lives in the image; keep fs/ itself,
         // whose owner children inherit.
         let fs_dir = self.layout.fs(id);
