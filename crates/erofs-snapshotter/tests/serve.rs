@@ -4,189 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
-use proto::snapshots::snapshots_client::SnapshotsClient;
+use daemon::*;
 use proto::snapshots::*;
 use proto::tonic::Code;
-use proto::tonic::transport::Channel;
-use proto::types::Mount;
-
-/// The daemon under test; killed (not gracefully stopped) on drop so a
-/// failing test never leaves it running.
-struct Daemon {
-    child: Child,
-    root: PathBuf,
-    sock: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let root = dir.join("root");
-        let sock = dir.join("snap.sock");
-        let child = Command::new(bin())
-            .args(["serve", "--root"])
-            .arg(&root)
-            .arg("--address")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "socket never appeared");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, root, sock }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap()
-    }
-
-    /// Connect, retrying while the daemon starts: after a kill -9 the
-    /// old socket file is still there until the new daemon replaces it.
-    async fn client(&self) -> SnapshotsClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(channel) = proto::connect(&self.sock).await {
-                let mut c = SnapshotsClient::new(channel);
-                let probe = c
-                    .stat(StatSnapshotRequest {
-                        key: "probe".into(),
-                        ..Default::default()
-                    })
-                    .await;
-                if matches!(&probe, Err(s) if s.code() == Code::NotFound) {
-                    return c;
-                }
-            }
-            assert!(Instant::now() < deadline, "daemon never answered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Mount what a snapshot returned at `target`, as containerd's
-/// `mount.All` would for these three types.
-fn mount_all(mounts: &[Mount], target: &Path) -> MountGuard {
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    let m = &mounts[0];
-    fs::create_dir_all(target).unwrap();
-    let mut cmd = Command::new("mount");
-    match m.r#type.as_str() {
-        "bind" => {
-            cmd.arg("--bind").arg(&m.source).arg(target);
-        }
-        "erofs" => {
-            cmd.args(["-t", "erofs", "-o", &m.options.join(",")])
-                .arg(&m.source)
-                .arg(target);
-        }
-        "overlay" => {
-            cmd.args(["-t", "overlay", "overlay", "-o", &m.options.join(",")])
-                .arg(target);
-        }
-        other => panic!("unexpected mount type {other}"),
-    }
-    run(&mut cmd).ok();
-    if m.options.iter().any(|o| o == "ro") && m.r#type == "bind" {
-        run(Command::new("mount")
-            .args(["-o", "remount,bind,ro"])
-            .arg(target))
-        .ok();
-    }
-    MountGuard(target.to_path_buf())
-}
-
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mounts_below(root: &Path) -> Vec<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = root.to_string_lossy().into_owned();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, proto::tonic::Status>) -> Code {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(s) => s.code(),
-    }
-}
-
-async fn prepare(c: &mut SnapshotsClient<Channel>, key: &str, parent: &str) -> Vec<Mount> {
-    c.prepare(PrepareSnapshotRequest {
-        key: key.into(),
-        parent: parent.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .mounts
-}
-
-async fn view(c: &mut SnapshotsClient<Channel>, key: &str, parent: &str) -> Vec<Mount> {
-    c.view(ViewSnapshotRequest {
-        key: key.into(),
-        parent: parent.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .mounts
-}
-
-async fn commit(c: &mut SnapshotsClient<Channel>, key: &str, name: &str) {
-    c.commit(CommitSnapshotRequest {
-        key: key.into(),
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-async fn remove(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(), proto::tonic::Status> {
-    c.remove(RemoveSnapshotRequest {
-        key: key.into(),
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-}
 
 fn prereqs() -> bool {
     require_root_and_fs(&["erofs", "overlay"]) && require(&["mount", "fsck.erofs"])
@@ -205,19 +32,10 @@ async fn lifecycle_through_kernel_mounts() {
     let d = Daemon::start(tmp.path());
     let mut c = d.client().await;
 
-    assert_eq!(
-        code(
-            c.stat(StatSnapshotRequest {
-                key: "nope".into(),
-                ..Default::default()
-            })
-            .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(code(stat(&mut c, "nope").await), Code::NotFound);
 
     // Layer 1, written through the returned bind mount.
-    let m = prepare(&mut c, "ns/1/a", "").await;
+    let m = prepare(&mut c, "ns/1/a", "", &[]).await.unwrap();
     assert_eq!(m[0].r#type, "bind");
     {
         let g = mount_all(&m, &tmp.path().join("m1"));
@@ -226,17 +44,8 @@ async fn lifecycle_through_kernel_mounts() {
         fs::write(g.0.join("etc/conf.d/old"), "old\n").unwrap();
         fs::write(g.0.join("gone"), "x").unwrap();
     }
-    commit(&mut c, "ns/1/a", "ns/2/base").await;
-    let info = c
-        .stat(StatSnapshotRequest {
-            key: "ns/2/base".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info
-        .unwrap();
+    commit(&mut c, "ns/1/a", "ns/2/base", &[]).await.unwrap();
+    let info = stat(&mut c, "ns/2/base").await.unwrap();
     assert_eq!(info.kind, proto::snapshots::Kind::Committed as i32);
     let blob = d.root.join("snapshots/1/layer.erofs");
     run(Command::new("fsck.erofs").arg(&blob)).ok();
@@ -253,7 +62,7 @@ async fn lifecycle_through_kernel_mounts() {
     );
 
     // Layer 2 on top, through overlayfs.
-    let m = prepare(&mut c, "ns/3/b", "ns/2/base").await;
+    let m = prepare(&mut c, "ns/3/b", "ns/2/base", &[]).await.unwrap();
     assert_eq!(m[0].r#type, "overlay");
     {
         let g = mount_all(&m, &tmp.path().join("m2"));
@@ -267,10 +76,10 @@ async fn lifecycle_through_kernel_mounts() {
         fs::create_dir(g.0.join("etc/conf.d")).unwrap();
         fs::write(g.0.join("etc/conf.d/new"), "new\n").unwrap();
     }
-    commit(&mut c, "ns/3/b", "ns/4/top").await;
+    commit(&mut c, "ns/3/b", "ns/4/top", &[]).await.unwrap();
 
     // A view of both layers shows the child's changes.
-    let m = view(&mut c, "ns/5/v", "ns/4/top").await;
+    let m = view(&mut c, "ns/5/v", "ns/4/top", &[]).await.unwrap();
     assert_eq!(m[0].r#type, "overlay");
     {
         let g = mount_all(&m, &tmp.path().join("m3"));
@@ -290,7 +99,7 @@ async fn lifecycle_through_kernel_mounts() {
         );
     }
     // A view of one layer is that layer's image.
-    let m = view(&mut c, "ns/6/v1", "ns/2/base").await;
+    let m = view(&mut c, "ns/6/v1", "ns/2/base", &[]).await.unwrap();
     assert_eq!(m[0].r#type, "erofs");
     {
         let g = mount_all(&m, &tmp.path().join("m4"));
@@ -298,18 +107,12 @@ async fn lifecycle_through_kernel_mounts() {
     }
 
     // List with filters.
-    let mut stream = c
-        .list(ListSnapshotsRequest {
-            filters: vec!["kind==committed".into()],
-            ..Default::default()
-        })
+    let mut names: Vec<String> = list(&mut c, &["kind==committed"])
         .await
         .unwrap()
-        .into_inner();
-    let mut names = Vec::new();
-    while let Some(batch) = stream.message().await.unwrap() {
-        names.extend(batch.info.into_iter().map(|i| i.name));
-    }
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     names.sort();
     assert_eq!(names, ["ns/2/base", "ns/4/top"]);
 
@@ -354,13 +157,13 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
     let tmp = tempdir();
     let mut d = Daemon::start(tmp.path());
     let mut c = d.client().await;
-    let m = prepare(&mut c, "k/1/a", "").await;
+    let m = prepare(&mut c, "k/1/a", "", &[]).await.unwrap();
     {
         let g = mount_all(&m, &tmp.path().join("w"));
         fs::write(g.0.join("file"), "layer\n").unwrap();
     }
-    commit(&mut c, "k/1/a", "k/2/base").await;
-    let m = prepare(&mut c, "k/3/ctr", "k/2/base").await;
+    commit(&mut c, "k/1/a", "k/2/base", &[]).await.unwrap();
+    let m = prepare(&mut c, "k/3/ctr", "k/2/base", &[]).await.unwrap();
     let rootfs = mount_all(&m, &tmp.path().join("rootfs"));
     let before = mounts_below(&d.root);
 
@@ -390,7 +193,7 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
     assert_eq!(mounts_below(&d2.root), before, "no layer mounted twice");
 
     // New work still goes through.
-    let m2 = prepare(&mut c, "k/4/ctr2", "k/2/base").await;
+    let m2 = prepare(&mut c, "k/4/ctr2", "k/2/base", &[]).await.unwrap();
     assert_eq!(m2[0].r#type, "overlay");
 
     drop(rootfs);
