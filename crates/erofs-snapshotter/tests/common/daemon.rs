@@ -94,8 +94,19 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kill the daemon, then undo what it mounted under its root (lower
+    /// layers, ext4 uppers), deepest first: after a failed assertion
+    /// nothing may stay mounted. A passing test has already removed its
+    /// snapshots, so this finds nothing then.
     fn drop(&mut self) {
         self.kill9();
+        let mut points = mounts_below(&self.root);
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &p])
+                .status();
+        }
     }
 }
 
