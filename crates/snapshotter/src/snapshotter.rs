@@ -177,7 +177,7 @@ impl Snapshotter {
             cfg,
             lowers: Mutex::new(()),
         };
-        s.recover()?;
+        s.recover(true)?;
         Ok(s)
     }
 
@@ -470,7 +470,7 @@ impl Snapshotter {
             source,
         };
         let tmp = tempfile::Builder::new()
-            .prefix(".layer-")
+            .prefix(COMMIT_TEMP_PREFIX)
             .tempfile_in(&dir)
             .map_err(io_err("creating a temporary file in", &dir))?;
         let file = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
@@ -579,31 +579,63 @@ impl Snapshotter {
     /// Reclaim everything not backed by a record: orphan snapshot
     /// directories, stale lower mounts, the trash.
     pub fn cleanup(&self) -> Result<()> {
-        self.recover()
+        self.recover(false)
     }
 
-    fn recover(&self) -> Result<()> {
+    /// Reconcile the root with the store. At start-up nothing else runs,
+    /// so directories still being created (`new-*`) and temporary images
+    /// of interrupted commits are leftovers of a crash and go too; from the
+    /// Cleanup call they may belong to requests in flight and stay.
+    fn recover(&self, startup: bool) -> Result<()> {
         let ids: BTreeSet<u64> = self.store.ids()?.into_keys().collect();
         let dir = self.layout.snapshots();
         let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
+            let path = entry.path();
             let orphan = match Layout::parse_id(&name) {
                 Some(id) => !ids.contains(&id),
-                None => name.to_string_lossy().starts_with(NEW_PREFIX),
+                None => startup && name.to_string_lossy().starts_with(NEW_PREFIX),
             };
-            if orphan {
-                let path = entry.path();
-                for m in sys::mounts_under(&path).unwrap_or_default().iter().rev() {
-                    let _ = sys::unmount(&m.mount_point, true);
+            if !orphan {
+                if startup {
+                    remove_commit_temps(&path);
                 }
-                let dest = unique(self.layout.trash().join(name));
-                fs::rename(&path, &dest).map_err(io_err("moving to trash", &path))?;
+                continue;
+            }
+            for m in sys::mounts_under(&path).unwrap_or_default().iter().rev() {
+                let _ = sys::unmount(&m.mount_point, true);
+            }
+            let dest = unique(self.layout.trash().join(name));
+            match fs::rename(&path, &dest) {
+                Ok(()) => {}
+                // A concurrent Remove moved it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("moving to trash", &path)(e)),
             }
         }
         self.release_lowers()?;
         purge(&self.layout.trash());
         Ok(())
+    }
+}
+
+/// Prefix of the temporary image a commit writes before renaming it to
+/// `layer.erofs`.
+const COMMIT_TEMP_PREFIX: &str = ".layer-";
+
+/// Delete temporary images that a commit killed mid-way left in a
+/// snapshot directory.
+fn remove_commit_temps(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(COMMIT_TEMP_PREFIX)
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 }
 
