@@ -29,7 +29,7 @@ async fn lifecycle_through_kernel_mounts() {
         return;
     }
     let tmp = tempdir();
-    let d = Daemon::start(tmp.path());
+    let d = Daemon::start(tmp.path(), MountMode::SelfMount);
     let mut c = d.client().await;
 
     assert_eq!(code(stat(&mut c, "nope").await), Code::NotFound);
@@ -155,7 +155,7 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
         return;
     }
     let tmp = tempdir();
-    let mut d = Daemon::start(tmp.path());
+    let mut d = Daemon::start(tmp.path(), MountMode::SelfMount);
     let mut c = d.client().await;
     let m = prepare(&mut c, "k/1/a", "", &[]).await.unwrap();
     {
@@ -174,7 +174,7 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
         "layer\n"
     );
 
-    let d2 = Daemon::start(tmp.path());
+    let d2 = Daemon::start(tmp.path(), MountMode::SelfMount);
     let mut c = d2.client().await;
     assert_eq!(
         fs::read_to_string(rootfs.0.join("file")).unwrap(),
@@ -212,7 +212,7 @@ async fn sigterm_and_socket_mode() {
     }
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempdir();
-    let mut d = Daemon::start(tmp.path());
+    let mut d = Daemon::start(tmp.path(), MountMode::SelfMount);
     let mode = fs::metadata(&d.sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let status = d.terminate();

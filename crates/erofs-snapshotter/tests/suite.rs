@@ -5,6 +5,13 @@
 //! root, drives it over the socket with containerd-client's Snapshots
 //! client, and has the kernel mount what it returns.
 //!
+//! Every case runs in both mount modes: `self_mount::CASE` (the default)
+//! and `mount_manager::CASE` (`mount_mode = "mount-manager"`, the returned
+//! mounts performed as containerd ≥ 2.2's mount manager does, see
+//! `daemon::mount_all`). In mount-manager mode the daemon must mount
+//! nothing: a watch on the mount table fails the case if anything ever
+//! appeared under its root.
+//!
 //! Trees are compared with `common::snapshot` and `diff` on what the Go
 //! suite's `fstest.CheckDirectoryEqual` compares against a flat directory:
 //! type, mode, owner, size, content, link target, xattrs and hard links,
@@ -24,17 +31,22 @@ mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use daemon::*;
 use proto::snapshots::{Info, Kind as SnapKind, MountsRequest, UpdateSnapshotRequest};
 use proto::tonic::{Code, Status};
+use proto::types::Mount;
+use rustix::event::{PollFd, PollFlags};
+use snapshotter::mounts::expand_template;
 
 const GC_ROOT: &str = "containerd.io/gc.root";
 
@@ -59,6 +71,9 @@ const VIEW: i32 = SnapKind::View as i32;
 struct Fx {
     c: Client,
     d: Daemon,
+    mode: MountMode,
+    /// Mount-manager mode: what the daemon mounted (it must not).
+    watch: Option<MountWatch>,
     /// The Go suite's `work`: mount points and key names live here.
     work: PathBuf,
     tmp: tempfile::TempDir,
@@ -66,16 +81,24 @@ struct Fx {
 
 impl Fx {
     /// None (a loud skip) without root, EROFS or overlayfs; a failure on CI.
-    async fn start() -> Option<Fx> {
+    async fn start(mode: MountMode) -> Option<Fx> {
         if !(require_root_and_fs(&["erofs", "overlay"]) && require(&["mount", "umount"])) {
             return None;
         }
         let tmp = tempdir();
         let work = tmp.path().join("work");
         fs::create_dir(&work).unwrap();
-        let d = Daemon::start(tmp.path());
+        let d = Daemon::start(tmp.path(), mode);
+        let watch = (mode == MountMode::MountManager).then(|| MountWatch::start(&d.root));
         let c = d.client().await;
-        Some(Fx { c, d, work, tmp })
+        Some(Fx {
+            c,
+            d,
+            mode,
+            watch,
+            work,
+            tmp,
+        })
     }
 
     /// `filepath.Join(work, name)`: the Go suite uses such paths both as
@@ -108,8 +131,16 @@ impl Fx {
     }
 
     /// No mount below the root, no snapshot or lower-mount directory, and
-    /// the trash (emptied in the background) empty soon.
+    /// the trash (emptied in the background) empty soon. In mount-manager
+    /// mode, also no mount below the root at any time the case ran.
     async fn assert_clean(&self) {
+        if let Some(w) = &self.watch {
+            let seen = w.seen();
+            assert!(
+                seen.is_empty(),
+                "mount-manager mode, yet the daemon mounted {seen:?}"
+            );
+        }
         let root = &self.d.root;
         let left = mounts_below(root);
         assert!(left.is_empty(), "mounts left under the root: {left:?}");
@@ -183,21 +214,22 @@ impl Fx {
     }
 
     /// Beyond the Go suite: what committed snapshot `name` itself holds
-    /// (its `layer.erofs` as the daemon mounted it, the top lower of a
-    /// view), one line per entry: `path kind`, with whiteouts (0:0
-    /// character devices) as `whiteout` and `opaque` after opaque
-    /// directories. `name` must have a parent.
+    /// (its `layer.erofs`: the top lower of a view, as the daemon mounted it
+    /// or, in mount-manager mode, mounted here), one line per entry: `path
+    /// kind`, with whiteouts (0:0 character devices) as `whiteout` and
+    /// `opaque` after opaque directories. `name` must have a parent.
     async fn layer_entries(&mut self, name: &str) -> Vec<String> {
         let vkey = format!("{name}-layer");
         let vm = view(&mut self.c, &vkey, name, OPT).await.unwrap();
-        assert_eq!(vm[0].r#type, "overlay", "{vm:?}");
-        let lowers = vm[0]
-            .options
-            .iter()
-            .find_map(|o| o.strip_prefix("lowerdir="))
-            .expect("no lowerdir");
-        let top = PathBuf::from(lowers.split(':').next().unwrap());
-        let tree = snapshot(&top);
+        let top = self.lowers(&vm).remove(0);
+        let tree = match self.mode {
+            MountMode::SelfMount => snapshot(&top),
+            MountMode::MountManager => {
+                let image = vm.iter().find(|m| Path::new(&m.source) == top).unwrap();
+                let g = mount_all(std::slice::from_ref(image), &self.work.join(&vkey));
+                snapshot(&g.0)
+            }
+        };
         remove(&mut self.c, &vkey).await.unwrap();
         tree.iter()
             .map(|(p, e)| {
@@ -214,6 +246,94 @@ impl Fx {
                 format!("{} {kind}{}", show(p), if opaque { " opaque" } else { "" })
             })
             .collect()
+    }
+
+    /// The layers the overlay in `m` stacks, top first: the daemon's lower
+    /// mounts (self-mount), or the images of the `erofs` mounts its
+    /// `lowerdir` template names (mount manager), checking the shape.
+    fn lowers(&self, m: &[Mount]) -> Vec<PathBuf> {
+        let (ovl, layers) = m.split_last().expect("no mounts");
+        let (ovl_type, n) = match self.mode {
+            MountMode::SelfMount => ("overlay", 0),
+            MountMode::MountManager => ("format/mkdir/overlay", layers.len()),
+        };
+        assert_eq!((ovl.r#type.as_str(), layers.len()), (ovl_type, n), "{m:?}");
+        let images: Vec<PathBuf> = layers
+            .iter()
+            .map(|l| {
+                assert_eq!(l.r#type, "erofs", "{m:?}");
+                PathBuf::from(&l.source)
+            })
+            .collect();
+        let lowerdir = ovl
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .expect("no lowerdir");
+        let lowerdir = expand_template(lowerdir, &images)
+            .unwrap_or_else(|| panic!("bad lowerdir template in {m:?}"));
+        lowerdir.split(':').map(PathBuf::from).collect()
+    }
+}
+
+/// Mount-manager mode: the daemon must mount nothing, ever. A thread scans
+/// the mount table each time it changes (poll(2) on /proc/self/mountinfo
+/// wakes on every mount and unmount in the namespace, which the daemon
+/// shares) and keeps every mount point at or below the daemon's root it
+/// saw.
+struct MountWatch {
+    root: PathBuf,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MountWatch {
+    fn start(root: &Path) -> MountWatch {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st, r) = (Arc::clone(&seen), Arc::clone(&stop), root.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let table = fs::File::open("/proc/self/mountinfo").unwrap();
+            // Only to notice `stop`: changes wake the poll at once.
+            let tick = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            // Scan, then wait: a change in between wakes the next poll.
+            while !st.load(Ordering::Relaxed) {
+                s.lock().unwrap().extend(mounts_below(&r));
+                let mut fds = [PollFd::new(&table, PollFlags::PRI)];
+                match rustix::event::poll(&mut fds, Some(&tick)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => panic!("poll /proc/self/mountinfo: {e}"),
+                }
+            }
+        });
+        MountWatch {
+            root: root.to_path_buf(),
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// What the daemon mounted so far, after one more scan.
+    fn seen(&self) -> BTreeSet<String> {
+        let running = self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        assert!(running, "the mount watch stopped");
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(mounts_below(&self.root));
+        seen.clone()
+    }
+}
+
+impl Drop for MountWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -368,7 +488,7 @@ async fn update(c: &mut Client, info: Info, paths: &[&str]) -> Result<Info, Stat
     Ok(r.into_inner().info.expect("update answered without info"))
 }
 
-async fn mounts_of(c: &mut Client, key: &str) -> Result<Vec<proto::types::Mount>, Status> {
+async fn mounts_of(c: &mut Client, key: &str) -> Result<Vec<Mount>, Status> {
     let r = c
         .mounts(MountsRequest {
             key: key.into(),
@@ -392,14 +512,56 @@ fn is_erofs_error(r: io::Result<()>) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// The cases, in the Go suite's order.
+// The cases, in the Go suite's order, each run in both mount modes.
 // ---------------------------------------------------------------------------
+
+/// One `#[tokio::test]` per case and mode: `self_mount::CASE` and
+/// `mount_manager::CASE` call `CASE(MountMode::…)`.
+macro_rules! in_both_modes {
+    ($($case:ident),* $(,)?) => {
+        in_both_modes!(@mode self_mount, SelfMount, $($case),*);
+        in_both_modes!(@mode mount_manager, MountManager, $($case),*);
+    };
+    (@mode $module:ident, $mode:ident, $($case:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::MountMode::$mode).await;
+                }
+            )*
+        }
+    };
+}
+
+in_both_modes!(
+    basic,
+    stat_active,
+    stat_committed,
+    transitivity,
+    prepare_view_failing,
+    update_labels,
+    remove_and_reuse,
+    walk,
+    layer_file_update,
+    remove_directory_in_lower_layer,
+    chown_in_upper,
+    directory_permission_on_commit,
+    remove_intermediate_snapshot,
+    deleted_files_in_child_snapshot,
+    move_file_from_lower_layer,
+    view_readonly,
+    stat_in_walk,
+    close_twice,
+    root_permission,
+    rename_in_lower,
+    layers_128_mount,
+);
 
 /// Basic: a layer, a child layer that adds, overwrites and removes, Stat
 /// and Walk of both, a view of the two, and Remove refusing a parent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic() {
-    let Some(mut fx) = Fx::start().await else {
+async fn basic(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let initial = vec![
@@ -523,9 +685,8 @@ async fn basic() {
 }
 
 /// StatActive: Stat of a mounted, written active snapshot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_active() {
-    let Some(mut fx) = Fx::start().await else {
+async fn stat_active(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let preparing = fx.key("preparing");
@@ -543,9 +704,8 @@ async fn stat_active() {
 
 /// StatComitted: Commit while the active snapshot is still mounted (as
 /// the Go case does), then Stat.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_committed() {
-    let Some(mut fx) = Fx::start().await else {
+async fn stat_committed(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let preparing = fx.key("preparing");
@@ -594,9 +754,8 @@ async fn foo_layer(fx: &mut Fx, key: &str, parent: &str, name: &str, content: &[
 }
 
 /// TransitivityTest: A <- B; B's parent is A, A has none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transitivity() {
-    let Some(mut fx) = Fx::start().await else {
+async fn transitivity(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let (preparing, snap_a) = (fx.key("preparing"), fx.key("snapA"));
@@ -616,9 +775,8 @@ async fn transitivity() {
 /// Beyond the Go suite: the error codes, the other refusals of
 /// containerd's storage, and that a refused request leaves the existing
 /// snapshots usable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepare_view_failing() {
-    let Some(mut fx) = Fx::start().await else {
+async fn prepare_view_failing(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let preparing = fx.key("preparing");
@@ -764,9 +922,8 @@ async fn base_snapshots(c: &mut Client) {
 /// Update: times, kind, parent and name of every kind; labels replaced
 /// whole, per `labels.KEY`, and per `labels`; `parent` is immutable
 /// (InvalidArgument with a field path, ignored without).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_labels() {
-    let Some(mut fx) = Fx::start().await else {
+async fn update_labels(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let t1 = SystemTime::now();
@@ -850,9 +1007,8 @@ async fn update_labels() {
 
 /// Remove: keys of removed snapshots can be used again, as active, view
 /// and committed name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_and_reuse() {
-    let Some(mut fx) = Fx::start().await else {
+async fn remove_and_reuse(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     // Beyond the Go suite: the snapshots have content, so that a reused
@@ -897,9 +1053,8 @@ async fn remove_and_reuse() {
 }
 
 /// Walk: filters over kind, name, parent and labels.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn walk() {
-    let Some(mut fx) = Fx::start().await else {
+async fn walk(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let c = &mut fx.c;
@@ -960,9 +1115,8 @@ async fn walk() {
 
 /// LayerFileupdate (docker#21555): files of a lower directory rewritten,
 /// one with a new mode; five times, each across a second boundary.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn layer_file_update() {
-    let Some(mut fx) = Fx::start().await else {
+async fn layer_file_update(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let l1 = vec![
@@ -991,9 +1145,8 @@ async fn layer_file_update() {
 
 /// RemoveDirectoryInLowerLayer (docker#25244): a lower directory removed
 /// and made again stays opaque for the layers above.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_directory_in_lower_layer() {
-    let Some(mut fx) = Fx::start().await else {
+async fn remove_directory_in_lower_layer(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let names = fx
@@ -1020,9 +1173,8 @@ async fn remove_directory_in_lower_layer() {
 
 /// Chown (docker#20240, #24913, #28391): lower directories and a file
 /// chowned in an upper layer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chown_in_upper() {
-    let Some(mut fx) = Fx::start().await else {
+async fn chown_in_upper(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     fx.check_chain(
@@ -1048,9 +1200,8 @@ async fn chown_in_upper() {
 
 /// DirectoryPermissionOnCommit (docker#27298): ownership of directories
 /// changed, removed and made again over three layers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn directory_permission_on_commit() {
-    let Some(mut fx) = Fx::start().await else {
+async fn directory_permission_on_commit(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     fx.check_chain(
@@ -1091,9 +1242,8 @@ async fn directory_permission_on_commit() {
 
 /// RemoveIntermediateSnapshot: base <- inter <- top; inter cannot go
 /// before top; top, inter, base can.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_intermediate_snapshot() {
-    let Some(mut fx) = Fx::start().await else {
+async fn remove_intermediate_snapshot(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let base = fx.key("base");
@@ -1127,9 +1277,8 @@ async fn remove_intermediate_snapshot() {
 
 /// DeletedFilesInChildSnapshot: a file deleted in layer 2 stays deleted in
 /// layers 2 and 3.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_files_in_child_snapshot() {
-    let Some(mut fx) = Fx::start().await else {
+async fn deleted_files_in_child_snapshot(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let names = fx
@@ -1156,9 +1305,8 @@ async fn deleted_files_in_child_snapshot() {
 
 /// MoveFileFromLowerLayer: a lower directory removed, a lower file hard
 /// linked to a new directory and removed at its old place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn move_file_from_lower_layer() {
-    let Some(mut fx) = Fx::start().await else {
+async fn move_file_from_lower_layer(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let names = fx
@@ -1199,9 +1347,8 @@ async fn move_file_from_lower_layer() {
 
 /// ViewReadonly: a real mount of a view rejects writes (EROFS). Beyond
 /// the Go suite: every view shape, not only the single-layer one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn view_readonly() {
-    let Some(mut fx) = Fx::start().await else {
+async fn view_readonly(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let (preparing, committed) = (fx.key("preparing"), fx.key("committed"));
@@ -1249,9 +1396,8 @@ async fn named_snapshots(c: &mut Client, ns: &str) {
 
 /// StatInWalk: Stat during a Walk agrees with what the Walk gave. Over
 /// gRPC the walk is a stream, read here while the Stats are made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stat_in_walk() {
-    let Some(mut fx) = Fx::start().await else {
+async fn stat_in_walk(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let prefix = "stats-in-walk-";
@@ -1281,9 +1427,8 @@ async fn stat_in_walk() {
 /// CloseTwice: closing twice is not an error. The daemon closes on
 /// SIGTERM: two in a row must still give a clean exit, and the root must
 /// open (and close) again with the state it had.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_twice() {
-    let Some(mut fx) = Fx::start().await else {
+async fn close_twice(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let n = format!("closeTwice-{}", std::process::id());
@@ -1297,7 +1442,7 @@ async fn close_twice() {
     assert!(status.success(), "first close: {status:?}");
     assert!(!fx.d.sock.exists(), "socket left after close");
 
-    fx.d = Daemon::start(fx.tmp.path());
+    fx.d = Daemon::start(fx.tmp.path(), fx.mode);
     fx.c = fx.d.client().await;
     assert_eq!(code(stat(&mut fx.c, &n).await), Code::NotFound);
     assert!(list(&mut fx.c, &[]).await.unwrap().is_empty());
@@ -1308,9 +1453,8 @@ async fn close_twice() {
 
 /// RootPermission: the root of a fresh active snapshot is 0755. Beyond
 /// the Go suite: root-owned, and the same on top of a parent (overlay).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_permission() {
-    let Some(mut fx) = Fx::start().await else {
+async fn root_permission(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let preparing = fx.key("preparing");
@@ -1346,9 +1490,8 @@ async fn root_permission() {
 /// Rename (docker#25409): a file renamed over a lower file, another
 /// renamed; the lower directory rename only where overlayfs allows it (see
 /// `Op::RenameDir`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_in_lower() {
-    let Some(mut fx) = Fx::start().await else {
+async fn rename_in_lower(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     fx.check_chain(
@@ -1376,9 +1519,8 @@ async fn rename_in_lower() {
 /// removing and making again a directory; every active mount and the view
 /// of all 128 equal a flat directory. The deep overlays need more than a
 /// page of mount options (see `daemon::mount_all`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn layers_128_mount() {
-    let Some(mut fx) = Fx::start().await else {
+async fn layers_128_mount(mode: MountMode) {
+    let Some(mut fx) = Fx::start(mode).await else {
         return;
     };
     let mut appliers = vec![vec![
@@ -1437,12 +1579,7 @@ async fn layers_128_mount() {
     }
     let full = fx.key("fullview");
     let m = view(&mut fx.c, &full, &parent, OPT).await.unwrap();
-    let lowers = m[0]
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("lowerdir="))
-        .map(|l| l.split(':').count());
-    assert_eq!(lowers, Some(128), "{m:?}");
+    assert_eq!(fx.lowers(&m).len(), 128, "{m:?}");
     {
         let g = mount_all(&m, Path::new(&full));
         let seen = snapshot(&g.0);

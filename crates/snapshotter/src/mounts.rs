@@ -140,6 +140,44 @@ pub fn manager_mounts(
     Ok(out)
 }
 
+/// One option (or source) of a `format/` mount as containerd's mount
+/// manager expands it, given the mount points of the mounts before it:
+/// `{{ mount N }}` is the N-th mount point, `{{ overlay A B }}` mount points
+/// A to B joined with `:` in that order (so A is the top layer; A > B counts
+/// down). Text without templates comes back unchanged. None for anything
+/// the manager would refuse: an unknown or malformed template, an index out
+/// of range, or a mount point that is not UTF-8.
+///
+/// The daemon never calls this; it is the other half of
+/// [`manager_mounts`], for the tests that perform those mounts.
+pub fn expand_template(opt: &str, points: &[PathBuf]) -> Option<String> {
+    let point = |i: usize| points.get(i)?.to_str();
+    let mut out = String::new();
+    let mut rest = opt;
+    while let Some(start) = rest.find("{{") {
+        let len = rest[start..].find("}}")?;
+        let words: Vec<&str> = rest[start + 2..start + len].split_whitespace().collect();
+        out.push_str(&rest[..start]);
+        match words.as_slice() {
+            ["mount", n] => out.push_str(point(n.parse().ok()?)?),
+            ["overlay", a, b] => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                let range: Vec<usize> = if a <= b {
+                    (a..=b).collect()
+                } else {
+                    (b..=a).rev().collect()
+                };
+                let dirs: Option<Vec<&str>> = range.into_iter().map(point).collect();
+                out.push_str(&dirs?.join(":"));
+            }
+            _ => return None,
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 fn erofs_mount(layout: &Layout, id: u64) -> MountSpec {
     MountSpec {
         kind: "erofs".into(),
@@ -255,6 +293,61 @@ mod tests {
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].source, PathBuf::from("/r/snapshots/4/layer.erofs"));
         assert_eq!(strings(&m[3])[2], "lowerdir={{ overlay 0 2 }}");
+    }
+
+    #[test]
+    fn templates_expand_like_the_mount_manager() {
+        let p: Vec<PathBuf> = ["/m/0", "/m/1", "/m/2"].map(PathBuf::from).into();
+        let e = |o: &str| expand_template(o, &p);
+        assert_eq!(e("index=off").as_deref(), Some("index=off"));
+        assert_eq!(
+            e("lowerdir={{ mount 1 }}").as_deref(),
+            Some("lowerdir=/m/1")
+        );
+        assert_eq!(e("lowerdir={{mount 0}}").as_deref(), Some("lowerdir=/m/0"));
+        assert_eq!(
+            e("lowerdir={{ overlay 0 2 }}").as_deref(),
+            Some("lowerdir=/m/0:/m/1:/m/2")
+        );
+        assert_eq!(
+            e("lowerdir={{ overlay 2 1 }}").as_deref(),
+            Some("lowerdir=/m/2:/m/1")
+        );
+        assert_eq!(
+            e("x={{ mount 2 }}:{{ overlay 1 1 }}/y").as_deref(),
+            Some("x=/m/2:/m/1/y")
+        );
+        for bad in [
+            "{{ mount 3 }}",
+            "{{ overlay 0 3 }}",
+            "{{ overlay 3 0 }}",
+            "{{ mount -1 }}",
+            "{{ mount x }}",
+            "{{ mount }}",
+            "{{ source 0 }}",
+            "lowerdir={{ mount 0",
+        ] {
+            assert_eq!(e(bad), None, "{bad}");
+        }
+    }
+
+    /// What manager_mounts writes expands to its layer mounts, top first.
+    #[test]
+    fn manager_templates_name_the_layers_top_first() {
+        let m = manager_mounts(&l(), 9, Kind::View, &[4, 3, 2], false, &[]).unwrap();
+        let (ovl, layers) = m.split_last().unwrap();
+        let images: Vec<PathBuf> = layers.iter().map(|l| l.source.clone()).collect();
+        let lowerdir = expand_template(&ovl.options[0], &images).unwrap();
+        assert_eq!(
+            lowerdir,
+            "lowerdir=/r/snapshots/4/layer.erofs:/r/snapshots/3/layer.erofs:\
+             /r/snapshots/2/layer.erofs"
+        );
+        let m = manager_mounts(&l(), 9, Kind::Active, &[4], false, &[]).unwrap();
+        assert_eq!(
+            expand_template(&m[1].options[2], &[PathBuf::from("/m/0")]).as_deref(),
+            Some("lowerdir=/m/0")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use snapshotter::config::MountMode;
-use snapshotter::mounts::MountSpec;
+use snapshotter::mounts::{MountSpec, expand_template};
 use snapshotter::snapshotter::{Config, Snapshotter};
 
 struct Unmount(Vec<PathBuf>);
@@ -54,7 +54,11 @@ fn activate(specs: &[MountSpec], dir: &Path, guard: &mut Unmount) -> PathBuf {
                 assert!(st.success());
             }
             "format/mkdir/overlay" => {
-                let options: Vec<String> = m.options.iter().map(|o| expand(o, &points)).collect();
+                let options: Vec<String> = m
+                    .options
+                    .iter()
+                    .map(|o| expand_template(o, &points).unwrap_or_else(|| panic!("{o}")))
+                    .collect();
                 mount("overlay", Path::new("overlay"), &options, &target);
             }
             other => panic!("unexpected mount type {other}"),
@@ -63,28 +67,6 @@ fn activate(specs: &[MountSpec], dir: &Path, guard: &mut Unmount) -> PathBuf {
         points.push(target);
     }
     points.pop().unwrap()
-}
-
-/// `{{ mount N }}` → the N-th mount point; `{{ overlay A B }}` → mount
-/// points A..=B joined with ':' (top layer first, as given).
-fn expand(opt: &str, points: &[PathBuf]) -> String {
-    let Some(start) = opt.find("{{") else {
-        return opt.to_string();
-    };
-    let end = opt.find("}}").unwrap();
-    let words: Vec<&str> = opt[start + 2..end].split_whitespace().collect();
-    let value = match words.as_slice() {
-        ["mount", n] => points[n.parse::<usize>().unwrap()].display().to_string(),
-        ["overlay", a, b] => {
-            let (a, b) = (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap());
-            (a..=b)
-                .map(|i| points[i].display().to_string())
-                .collect::<Vec<_>>()
-                .join(":")
-        }
-        other => panic!("unknown template {other:?}"),
-    };
-    format!("{}{}{}", &opt[..start], value, &opt[end + 2..])
 }
 
 #[test]

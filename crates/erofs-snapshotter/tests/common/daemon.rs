@@ -21,6 +21,8 @@ use proto::snapshots::{
 use proto::tonic::transport::Channel;
 use proto::tonic::{Code, Status};
 use proto::types::Mount;
+pub use snapshotter::config::MountMode;
+use snapshotter::mounts::expand_template;
 
 use crate::common::{bin, run};
 
@@ -36,18 +38,25 @@ pub struct Daemon {
 
 impl Daemon {
     /// `serve --root DIR/root --address DIR/snap.sock`, once the socket is
-    /// there.
-    pub fn start(dir: &Path) -> Daemon {
+    /// there. In mount-manager mode with `--config DIR/config.toml` saying
+    /// so; self-mount is the default, without a configuration file.
+    pub fn start(dir: &Path, mode: MountMode) -> Daemon {
         let root = dir.join("root");
         let sock = dir.join("snap.sock");
-        let child = Command::new(bin())
-            .args(["serve", "--root"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--root"])
             .arg(&root)
             .arg("--address")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting serve");
+            .arg(&sock);
+        match mode {
+            MountMode::SelfMount => {}
+            MountMode::MountManager => {
+                let config = dir.join("config.toml");
+                fs::write(&config, "mount_mode = \"mount-manager\"\n").unwrap();
+                cmd.arg("--config").arg(config);
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).spawn().expect("starting serve");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
             assert!(Instant::now() < deadline, "socket never appeared");
@@ -110,9 +119,21 @@ impl Drop for Daemon {
     }
 }
 
-/// Mount what a snapshot returned at `target`, as containerd's
-/// `mount.All` would for the three self-mount types (`bind`, `erofs`,
-/// `overlay`), with mount(8).
+/// Mount what a snapshot returned at `target`, as containerd would.
+///
+/// One mount (every self-mount shape, and a bind or a single layer from
+/// the mount manager) is mounted at `target`, as `mount.All` does. Several
+/// are performed the way containerd ≥ 2.2's mount manager does: each but
+/// the last at a mount point of its own (`TARGET.mounts/N`), and every one
+/// after its transformers have run (`format/`: `{{ mount N }}` and
+/// `{{ overlay A B }}` expanded to the mount points before it; `mkdir/`:
+/// nothing to create, the daemon sends no `X-containerd.mkdir.*` option);
+/// the last one at `target`.
+///
+/// `overlay` is mounted with mount(8) (but see below), `bind` with
+/// `sys::mount_bind` (not recursive; `ro` remounted read-only), `erofs`
+/// with `sys::mount_erofs`, like containerd's EROFS handler: the image file
+/// itself (file-backed), loop devices only on kernels without that.
 ///
 /// mount(2) copies at most one page of options, so mount(8) cannot pass
 /// the overlay of a deep chain (its lowerdir is cut short and the kernel
@@ -120,38 +141,91 @@ impl Drop for Daemon {
 /// shortens such a lowerdir by chdir-ing to the lowers' common parent and
 /// passing relative paths; this checks that condition holds and then
 /// mounts the overlay with `sys::mount_overlay` (one `lowerdir+` per layer).
+///
+/// Whatever was mounted is unmounted, last first, when the guard is
+/// dropped, also after a failure half-way.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> MountGuard {
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    let m = &mounts[0];
-    fs::create_dir_all(target).unwrap();
-    if m.r#type == "overlay" && m.options.join(",").len() >= rustix::param::page_size() {
-        mount_long_overlay(m, target);
-        return MountGuard(target.to_path_buf());
+    assert!(!mounts.is_empty(), "no mounts");
+    let mut guard = MountGuard(target.to_path_buf(), Vec::new());
+    let mut name = target
+        .file_name()
+        .expect("target without a name")
+        .to_owned();
+    name.push(".mounts");
+    let points = target.with_file_name(name);
+    for (i, m) in mounts.iter().enumerate() {
+        let point = if i + 1 == mounts.len() {
+            target.to_path_buf()
+        } else {
+            points.join(i.to_string())
+        };
+        mount_one(&transform(m, &guard.1), &point);
+        guard.1.push(point);
     }
-    let mut cmd = Command::new("mount");
-    match m.r#type.as_str() {
+    guard
+}
+
+/// `m` after the mount manager's transformers (the `/`-separated prefixes
+/// of its type), given the mount points of the mounts before it.
+fn transform(m: &Mount, points: &[PathBuf]) -> Mount {
+    let mut parts: Vec<&str> = m.r#type.split('/').collect();
+    let mut out = Mount {
+        r#type: parts.pop().unwrap().to_string(),
+        ..m.clone()
+    };
+    for t in parts {
+        match t {
+            "format" => {
+                let expand = |s: &str| {
+                    expand_template(s, points)
+                        .unwrap_or_else(|| panic!("bad template {s:?} in {m:?} ({points:?})"))
+                };
+                out.source = expand(&out.source);
+                out.options = out.options.iter().map(|o| expand(o)).collect();
+            }
+            "mkdir" => assert!(
+                !out.options
+                    .iter()
+                    .any(|o| o.starts_with("X-containerd.mkdir.")),
+                "mkdir options are not handled here: {m:?}"
+            ),
+            other => panic!("unexpected transformer {other} in {m:?}"),
+        }
+    }
+    out
+}
+
+/// Mount `m` (its transformers done) at `target`, created if need be.
+fn mount_one(m: &Mount, target: &Path) {
+    fs::create_dir_all(target).unwrap();
+    let r = match m.r#type.as_str() {
         "bind" => {
-            cmd.arg("--bind").arg(&m.source).arg(target);
+            let ro = m.options.iter().any(|o| o == "ro");
+            sys::mount_bind(Path::new(&m.source), target, ro)
         }
         "erofs" => {
-            cmd.args(["-t", "erofs", "-o", &m.options.join(",")])
-                .arg(&m.source)
-                .arg(target);
+            let opts = sys::ErofsOptions {
+                extra: m.options.clone(),
+                ..Default::default()
+            };
+            sys::mount_erofs(Path::new(&m.source), target, &opts).map(drop)
+        }
+        "overlay" if m.options.join(",").len() >= rustix::param::page_size() => {
+            mount_long_overlay(m, target);
+            Ok(())
         }
         "overlay" => {
-            cmd.args(["-t", "overlay", "overlay", "-o", &m.options.join(",")])
-                .arg(target);
+            run(Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &m.options.join(",")])
+                .arg(target))
+            .ok();
+            Ok(())
         }
         other => panic!("unexpected mount type {other}"),
+    };
+    if let Err(e) = r {
+        panic!("mounting {m:?} at {}: {e}", target.display());
     }
-    run(&mut cmd).ok();
-    if m.options.iter().any(|o| o == "ro") && m.r#type == "bind" {
-        run(Command::new("mount")
-            .args(["-o", "remount,bind,ro"])
-            .arg(target))
-        .ok();
-    }
-    MountGuard(target.to_path_buf())
 }
 
 fn mount_long_overlay(m: &Mount, target: &Path) {
@@ -194,15 +268,38 @@ fn mount_long_overlay(m: &Mount, target: &Path) {
     });
 }
 
-/// Unmounts (with umount(8)) when dropped; a failure to unmount fails the
-/// test unless it is already failing.
-pub struct MountGuard(pub PathBuf);
+/// What [`mount_all`] mounted: `.0` is where the snapshot is (`target`);
+/// `.1` every mount point, in mounting order, `target` last. Dropping it
+/// unmounts them in reverse order; a failure to unmount fails the test
+/// unless it is already failing.
+pub struct MountGuard(pub PathBuf, Vec<PathBuf>);
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        let r = run(Command::new("umount").arg(&self.0));
-        if !r.success() && !std::thread::panicking() {
-            panic!("umount {}: {}", self.0.display(), r.stderr);
+        let failed: Vec<String> = self
+            .1
+            .iter()
+            .rev()
+            .filter_map(|p| unmount(p).err())
+            .map(|e| e.to_string())
+            .collect();
+        if !failed.is_empty() && !std::thread::panicking() {
+            panic!("unmounting {}: {}", self.0.display(), failed.join("; "));
+        }
+    }
+}
+
+/// Unmount `target`, waiting out a brief EBUSY: a process that another
+/// test thread is starting holds copies of this process's descriptors
+/// (say, of a directory being walked below `target`) until it execs.
+fn unmount(target: &Path) -> Result<(), sys::Error> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match sys::unmount(target, false) {
+            Err(e) if e.errno() == rustix::io::Errno::BUSY && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
         }
     }
 }
