@@ -251,12 +251,19 @@ impl Snapshotter {
 
     /// The upper's root takes the owner of the layer below, as containerd
     /// does, so a non-root image's root directory stays writable for it.
+    /// Read from the layer image itself (its root inode), which is right
+    /// in every mount mode and for layers our differ wrote.
     fn inherit_owner(&self, id: u64, block: bool, parents: &[u64]) {
-        if let Some(&top) = parents.first()
-            && let Ok(md) = fs::metadata(self.layout.lower(top))
-        {
+        let Some(&top) = parents.first() else {
+            return;
+        };
+        let owner = erofs::reader::Image::open(self.layout.blob(top))
+            .ok()
+            .and_then(|img| img.inode(img.root_nid()).ok())
+            .map(|root| (root.uid(), root.gid()));
+        if let Some((uid, gid)) = owner {
             let upper = self.layout.upper(id, block);
-            let _ = std::os::unix::fs::chown(&upper, Some(md.uid()), Some(md.gid()));
+            let _ = std::os::unix::fs::chown(&upper, Some(uid), Some(gid));
         }
     }
 

@@ -145,3 +145,36 @@ fn set_immutable_protects_committed_layers() {
     assert!(!blob.exists());
     assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0);
 }
+
+/// A child's upper root takes the owner of the parent layer's root, read
+/// from the layer image, in both mount modes (the self-mount path used to
+/// be the only one that did).
+#[test]
+fn upper_root_inherits_the_parent_layer_owner_in_both_modes() {
+    if !root_or_skip() {
+        return;
+    }
+    for mode in [
+        snapshotter::config::MountMode::SelfMount,
+        snapshotter::config::MountMode::MountManager,
+    ] {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let root = tmp.path().join("root");
+        let s = Snapshotter::open(Config {
+            root: root.clone(),
+            mount_mode: mode,
+            ..Config::default()
+        })
+        .unwrap();
+        let m = s.prepare("a", None, BTreeMap::new()).unwrap();
+        std::os::unix::fs::chown(&m[0].source, Some(1000), Some(1000)).unwrap();
+        s.commit("a", "base", BTreeMap::new()).unwrap();
+        s.prepare("b", Some("base"), BTreeMap::new()).unwrap();
+        let md = fs::metadata(root.join("snapshots/2/fs")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((md.uid(), md.gid()), (1000, 1000), "{mode:?}");
+        for k in ["b", "base"] {
+            s.remove(k).unwrap();
+        }
+    }
+}
