@@ -76,8 +76,6 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    #[error("{0} is not implemented yet")]
-    Unsupported(&'static str),
 }
 
 impl Config {
@@ -91,19 +89,6 @@ impl Config {
             source,
         })?;
         Ok(cfg)
-    }
-
-    /// Refuse combinations this build cannot serve, at start-up rather
-    /// than on the first request.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.mount_mode == MountMode::MountManager && self.default_size > 0 {
-            // containerd's mount manager only formats images under its own
-            // root directory, which ours is not.
-            return Err(ConfigError::Unsupported(
-                "default_size with mount_mode = \"mount-manager\"",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -126,16 +111,12 @@ mod tests {
         assert_eq!(c.ovl_mount_options, ["index=off"]);
         assert!(c.set_immutable);
         assert_eq!(c.mount_mode, MountMode::SelfMount);
-        c.validate().unwrap();
     }
 
     #[test]
-    fn unknown_keys_and_unsupported_modes_are_refused() {
+    fn unknown_keys_are_refused_and_modes_parse() {
         assert!(toml::from_str::<Config>("nope = 1").is_err());
         let c: Config = toml::from_str(r#"mount_mode = "mount-manager""#).unwrap();
-        c.validate().unwrap();
-        let c: Config =
-            toml::from_str("mount_mode = \"mount-manager\"\ndefault_size = 1048576").unwrap();
-        assert!(c.validate().is_err());
+        assert_eq!(c.mount_mode, MountMode::MountManager);
     }
 }

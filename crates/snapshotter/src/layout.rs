@@ -71,6 +71,12 @@ impl Layout {
         self.snapshot(id).join("rwlayer.img")
     }
 
+    /// With the mount manager, the image is created by containerd on
+    /// first use; this file records the size the snapshot was promised.
+    pub fn quota(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("rwlayer.size")
+    }
+
     /// Where that image is mounted.
     pub fn rw(&self, id: u64) -> PathBuf {
         self.snapshot(id).join("rw")

@@ -84,17 +84,20 @@ pub fn mounts(
     }])
 }
 
-/// Mounts for containerd ≥ 2.2's mount manager (containerd.md section
-/// 2.2): layer images are returned as `erofs` mounts for the manager to
-/// perform, and the overlay refers to them through templates. Nothing is
-/// mounted by the daemon. Block mode (`default_size`) is not offered here:
-/// the manager only formats images under containerd's own root.
+/// Mounts for containerd ≥ 2.2's mount manager (containerd.md sections
+/// 2.2 and 2.3): layer images are returned as `erofs` mounts for the
+/// manager to perform, and the overlay refers to them through templates.
+/// Nothing is mounted by the daemon. With `quota` (an active snapshot of
+/// `default_size` bytes), the manager also creates and formats
+/// `rwlayer.img` (`mkfs/ext4`, mount 0) and the upper and work directories
+/// live inside it.
 pub fn manager_mounts(
     layout: &Layout,
     id: u64,
     kind: Kind,
     parents: &[u64],
     own_blob: bool,
+    quota: Option<u64>,
     ovl_options: &[String],
 ) -> Result<Vec<MountSpec>, MountError> {
     let ro = match kind {
@@ -102,14 +105,18 @@ pub fn manager_mounts(
         Kind::View => true,
         Kind::Active => false,
     };
-    if parents.is_empty() {
-        if own_blob {
-            // A staged layer: only viewable as itself.
-            if !ro {
-                return Err(MountError::ActiveWithBlob);
-            }
-            return Ok(vec![erofs_mount(layout, id)]);
+    let quota = quota.filter(|_| !ro);
+    if parents.is_empty() && own_blob {
+        // A staged layer: only viewable as itself.
+        if !ro {
+            return Err(MountError::ActiveWithBlob);
         }
+        return Ok(vec![erofs_mount(layout, id)]);
+    }
+    if let Some(size) = quota {
+        return Ok(manager_block_mounts(layout, id, parents, size, ovl_options));
+    }
+    if parents.is_empty() {
         return Ok(vec![MountSpec {
             kind: "bind".into(),
             source: layout.fs(id),
@@ -120,17 +127,12 @@ pub fn manager_mounts(
         return Ok(vec![erofs_mount(layout, parents[0])]);
     }
     let mut out: Vec<MountSpec> = parents.iter().map(|p| erofs_mount(layout, *p)).collect();
-    let lowerdir = if parents.len() == 1 {
-        "lowerdir={{ mount 0 }}".to_string()
-    } else {
-        format!("lowerdir={{{{ overlay 0 {} }}}}", parents.len() - 1)
-    };
     let mut options = Vec::new();
     if !ro {
         options.push(format!("workdir={}", layout.work(id).display()));
         options.push(format!("upperdir={}", layout.fs(id).display()));
     }
-    options.push(lowerdir);
+    options.push(lowerdir(0, parents.len()));
     options.extend(ovl_options.iter().cloned());
     out.push(MountSpec {
         kind: "format/mkdir/overlay".into(),
@@ -138,6 +140,63 @@ pub fn manager_mounts(
         options,
     });
     Ok(out)
+}
+
+/// `lowerdir=` over `count` layer mounts starting at mount `first`.
+fn lowerdir(first: usize, count: usize) -> String {
+    if count == 1 {
+        format!("lowerdir={{{{ mount {first} }}}}")
+    } else {
+        format!("lowerdir={{{{ overlay {first} {} }}}}", first + count - 1)
+    }
+}
+
+/// Section 2.3: mount 0 is the ext4 image the manager formats on first
+/// use; the upper (and work) directory are made inside it.
+fn manager_block_mounts(
+    layout: &Layout,
+    id: u64,
+    parents: &[u64],
+    size: u64,
+    ovl_options: &[String],
+) -> Vec<MountSpec> {
+    let mut out = vec![MountSpec {
+        kind: "mkfs/ext4".into(),
+        source: layout.rwlayer(id),
+        options: vec![
+            "X-containerd.mkfs.fs=ext4".into(),
+            format!("X-containerd.mkfs.size={size}"),
+            "rw".into(),
+            "loop".into(),
+        ],
+    }];
+    if parents.is_empty() {
+        out.push(MountSpec {
+            kind: "format/mkdir/bind".into(),
+            source: "{{ mount 0 }}/upper".into(),
+            options: vec![
+                "X-containerd.mkdir.path={{ mount 0 }}/upper:0755".into(),
+                "rw".into(),
+                "rbind".into(),
+            ],
+        });
+        return out;
+    }
+    out.extend(parents.iter().map(|p| erofs_mount(layout, *p)));
+    let mut options = vec![
+        "X-containerd.mkdir.path={{ mount 0 }}/upper:0755".to_string(),
+        "X-containerd.mkdir.path={{ mount 0 }}/work:0755".to_string(),
+        "workdir={{ mount 0 }}/work".to_string(),
+        "upperdir={{ mount 0 }}/upper".to_string(),
+        lowerdir(1, parents.len()),
+    ];
+    options.extend(ovl_options.iter().cloned());
+    out.push(MountSpec {
+        kind: "format/mkdir/overlay".into(),
+        source: "overlay".into(),
+        options,
+    });
+    out
 }
 
 /// One option (or source) of a `format/` mount as containerd's mount
@@ -262,24 +321,33 @@ mod tests {
     #[test]
     fn mount_manager_shapes() {
         let l = l();
-        let m = manager_mounts(&l, 5, Kind::Active, &[], false, &[]).unwrap();
+        let m = manager_mounts(&l, 5, Kind::Active, &[], false, None, &[]).unwrap();
         assert_eq!(
             (m[0].kind.as_str(), strings(&m[0])),
             ("bind", vec!["rw", "rbind"])
         );
-        let m = manager_mounts(&l, 5, Kind::View, &[], true, &[]).unwrap();
+        let m = manager_mounts(&l, 5, Kind::View, &[], true, None, &[]).unwrap();
         assert_eq!(m, [erofs_mount(&l, 5)]);
         assert_eq!(
-            manager_mounts(&l, 5, Kind::Active, &[], true, &[]),
+            manager_mounts(&l, 5, Kind::Active, &[], true, None, &[]),
             Err(MountError::ActiveWithBlob)
         );
-        let m = manager_mounts(&l, 5, Kind::View, &[2], false, &[]).unwrap();
+        let m = manager_mounts(&l, 5, Kind::View, &[2], false, None, &[]).unwrap();
         assert_eq!(m, [erofs_mount(&l, 2)]);
-        let m = manager_mounts(&l, 5, Kind::View, &[4, 2], false, &["index=off".into()]).unwrap();
+        let m = manager_mounts(
+            &l,
+            5,
+            Kind::View,
+            &[4, 2],
+            false,
+            None,
+            &["index=off".into()],
+        )
+        .unwrap();
         assert_eq!(m[..2], [erofs_mount(&l, 4), erofs_mount(&l, 2)]);
         assert_eq!(m[2].kind, "format/mkdir/overlay");
         assert_eq!(strings(&m[2]), ["lowerdir={{ overlay 0 1 }}", "index=off"]);
-        let m = manager_mounts(&l, 9, Kind::Active, &[4], false, &[]).unwrap();
+        let m = manager_mounts(&l, 9, Kind::Active, &[4], false, None, &[]).unwrap();
         assert_eq!(m[0], erofs_mount(&l, 4));
         assert_eq!(
             strings(&m[1]),
@@ -289,7 +357,7 @@ mod tests {
                 "lowerdir={{ mount 0 }}"
             ]
         );
-        let m = manager_mounts(&l, 9, Kind::Active, &[4, 3, 2], false, &[]).unwrap();
+        let m = manager_mounts(&l, 9, Kind::Active, &[4, 3, 2], false, None, &[]).unwrap();
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].source, PathBuf::from("/r/snapshots/4/layer.erofs"));
         assert_eq!(strings(&m[3])[2], "lowerdir={{ overlay 0 2 }}");
@@ -334,7 +402,7 @@ mod tests {
     /// What manager_mounts writes expands to its layer mounts, top first.
     #[test]
     fn manager_templates_name_the_layers_top_first() {
-        let m = manager_mounts(&l(), 9, Kind::View, &[4, 3, 2], false, &[]).unwrap();
+        let m = manager_mounts(&l(), 9, Kind::View, &[4, 3, 2], false, None, &[]).unwrap();
         let (ovl, layers) = m.split_last().unwrap();
         let images: Vec<PathBuf> = layers.iter().map(|l| l.source.clone()).collect();
         let lowerdir = expand_template(&ovl.options[0], &images).unwrap();
@@ -343,11 +411,59 @@ mod tests {
             "lowerdir=/r/snapshots/4/layer.erofs:/r/snapshots/3/layer.erofs:\
              /r/snapshots/2/layer.erofs"
         );
-        let m = manager_mounts(&l(), 9, Kind::Active, &[4], false, &[]).unwrap();
+        let m = manager_mounts(&l(), 9, Kind::Active, &[4], false, None, &[]).unwrap();
         assert_eq!(
             expand_template(&m[1].options[2], &[PathBuf::from("/m/0")]).as_deref(),
             Some("lowerdir=/m/0")
         );
+    }
+
+    /// The table of containerd.md section 2.3 (block mode).
+    #[test]
+    fn mount_manager_block_shapes() {
+        let l = l();
+        let m = manager_mounts(&l, 5, Kind::Active, &[], false, Some(1 << 20), &[]).unwrap();
+        assert_eq!(m[0].kind, "mkfs/ext4");
+        assert_eq!(m[0].source, PathBuf::from("/r/snapshots/5/rwlayer.img"));
+        assert_eq!(
+            strings(&m[0]),
+            [
+                "X-containerd.mkfs.fs=ext4",
+                "X-containerd.mkfs.size=1048576",
+                "rw",
+                "loop"
+            ]
+        );
+        assert_eq!(m[1].kind, "format/mkdir/bind");
+        assert_eq!(m[1].source, PathBuf::from("{{ mount 0 }}/upper"));
+        let m = manager_mounts(
+            &l,
+            9,
+            Kind::Active,
+            &[4, 2],
+            false,
+            Some(1 << 20),
+            &["index=off".into()],
+        )
+        .unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1], erofs_mount(&l, 4));
+        assert_eq!(
+            strings(&m[3]),
+            [
+                "X-containerd.mkdir.path={{ mount 0 }}/upper:0755",
+                "X-containerd.mkdir.path={{ mount 0 }}/work:0755",
+                "workdir={{ mount 0 }}/work",
+                "upperdir={{ mount 0 }}/upper",
+                "lowerdir={{ overlay 1 2 }}",
+                "index=off"
+            ]
+        );
+        let m = manager_mounts(&l, 9, Kind::Active, &[4], false, Some(1 << 20), &[]).unwrap();
+        assert_eq!(strings(&m[2])[4], "lowerdir={{ mount 1 }}");
+        // Views never get an image of their own.
+        let m = manager_mounts(&l, 9, Kind::View, &[4, 2], false, Some(1 << 20), &[]).unwrap();
+        assert_eq!(m.len(), 3);
     }
 
     #[test]

@@ -221,7 +221,12 @@ impl Snapshotter {
         if kind == Kind::Active {
             let marker = tmp.path().join(crate::layout::MARKER);
             fs::write(&marker, b"").map_err(io_err("creating", &marker))?;
-            if block {
+            if block && self.cfg.mount_mode == MountMode::MountManager {
+                // containerd formats the image when it first mounts it.
+                let quota = tmp.path().join("rwlayer.size");
+                fs::write(&quota, self.cfg.default_size.to_string())
+                    .map_err(io_err("creating", &quota))?;
+            } else if block {
                 make_ext4(&tmp.path().join("rwlayer.img"), self.cfg.default_size)?;
             } else {
                 make_dir(&tmp.path().join("work"), 0o711)?;
@@ -327,7 +332,10 @@ impl Snapshotter {
             MountMode::SelfMount => mounts::mounts(&self.layout, id, kind, parents, block, ovl)?,
             MountMode::MountManager => {
                 let own_blob = self.layout.blob(id).exists();
-                mounts::manager_mounts(&self.layout, id, kind, parents, own_blob, ovl)?
+                let quota = fs::read_to_string(self.layout.quota(id))
+                    .ok()
+                    .and_then(|q| q.trim().parse::<u64>().ok());
+                mounts::manager_mounts(&self.layout, id, kind, parents, own_blob, quota, ovl)?
             }
         })
     }
@@ -464,6 +472,7 @@ impl Snapshotter {
             let _ = fs::remove_dir(&rw);
             let _ = fs::remove_file(self.layout.rwlayer(id));
         }
+        let _ = fs::remove_file(self.layout.quota(id));
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! `mount_mode = "mount-manager"`: the daemon mounts nothing and returns
-//! `erofs` mounts plus a `format/mkdir/overlay` template. This test plays
-//! containerd 2.2's mount manager: it performs the erofs mounts, expands
-//! the `{{ mount N }}` / `{{ overlay A B }}` templates and mounts the
-//! overlay, and checks the result. Needs root.
+//! `erofs` mounts plus `format/mkdir/overlay` templates (and, with
+//! `default_size`, a `mkfs/ext4` image). These tests play containerd 2.2's
+//! mount manager: they format and mount the image, perform the erofs
+//! mounts, make the `X-containerd.mkdir.path` directories, expand the
+//! `{{ mount N }}` / `{{ overlay A B }}` templates and mount the overlay,
+//! and check the result. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -41,26 +43,56 @@ fn activate(specs: &[MountSpec], dir: &Path, guard: &mut Unmount) -> PathBuf {
     let mut points: Vec<PathBuf> = Vec::new();
     for (i, m) in specs.iter().enumerate() {
         let target = dir.join(i.to_string());
+        let expand = |o: &str| expand_template(o, &points).unwrap_or_else(|| panic!("{o}"));
+        // `X-containerd.*` options are the manager's own instructions: the
+        // kernel never sees them.
+        let mut options = Vec::new();
+        for o in &m.options {
+            let o = expand(o);
+            if let Some(spec) = o.strip_prefix("X-containerd.mkdir.path=") {
+                let (path, mode) = spec.rsplit_once(':').unwrap();
+                fs::create_dir_all(path).unwrap();
+                let mode = u32::from_str_radix(mode, 8).unwrap();
+                let perms = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(mode);
+                fs::set_permissions(path, perms).unwrap();
+            } else if !o.starts_with("X-containerd.") {
+                options.push(o);
+            }
+        }
+        let source = PathBuf::from(expand(m.source.to_str().unwrap()));
         match m.kind.as_str() {
-            "erofs" => mount("erofs", &m.source, &m.options, &target),
-            "bind" => {
+            "erofs" => mount("erofs", &source, &options, &target),
+            "mkfs/ext4" => {
+                // Formatted on first use, at the size the snapshot asked.
+                if !source.exists() {
+                    let size: u64 = m
+                        .options
+                        .iter()
+                        .find_map(|o| o.strip_prefix("X-containerd.mkfs.size="))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    fs::File::create(&source).unwrap().set_len(size).unwrap();
+                    let st = Command::new("mkfs.ext4")
+                        .args(["-q", "-F", "-m", "0"])
+                        .arg(&source)
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+                mount("ext4", &source, &options, &target);
+            }
+            "bind" | "format/mkdir/bind" => {
                 fs::create_dir_all(&target).unwrap();
                 let st = Command::new("mount")
                     .arg("--bind")
-                    .arg(&m.source)
+                    .arg(&source)
                     .arg(&target)
                     .status()
                     .unwrap();
                 assert!(st.success());
             }
-            "format/mkdir/overlay" => {
-                let options: Vec<String> = m
-                    .options
-                    .iter()
-                    .map(|o| expand_template(o, &points).unwrap_or_else(|| panic!("{o}")))
-                    .collect();
-                mount("overlay", Path::new("overlay"), &options, &target);
-            }
+            "format/mkdir/overlay" => mount("overlay", Path::new("overlay"), &options, &target),
             other => panic!("unexpected mount type {other}"),
         }
         guard.0.push(target.clone());
@@ -115,4 +147,66 @@ fn mount_manager_specs_mount_to_the_right_tree() {
     for k in ["v", "l2", "l1"] {
         s.remove(k).unwrap();
     }
+}
+
+/// Block mode under the mount manager (containerd.md section 2.3): the
+/// manager formats `rwlayer.img` at the promised size on first use; writes
+/// beyond it fail; Commit reads the upper out of that image.
+#[test]
+fn mount_manager_block_mode_is_a_quota_and_commits() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "needs root on CI");
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = tmp.path().join("root");
+    let s = Snapshotter::open(Config {
+        root: root.clone(),
+        mount_mode: MountMode::MountManager,
+        default_size: 16 << 20,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut guard = Unmount(Vec::new());
+    let m = s.prepare("a", None, BTreeMap::new()).unwrap();
+    assert_eq!(m[0].kind, "mkfs/ext4");
+    let top = activate(&m, &tmp.path().join("a"), &mut guard);
+    fs::write(top.join("base"), "b\n").unwrap();
+    drop(guard);
+    s.commit("a", "l1", BTreeMap::new()).unwrap();
+    assert!(!root.join("snapshots/1/rwlayer.img").exists());
+
+    let mut guard = Unmount(Vec::new());
+    let m = s.prepare("b", Some("l1"), BTreeMap::new()).unwrap();
+    assert_eq!(m.len(), 3);
+    let top = activate(&m, &tmp.path().join("b"), &mut guard);
+    assert_eq!(fs::read_to_string(top.join("base")).unwrap(), "b\n");
+    let mut f = fs::File::create(top.join("big")).unwrap();
+    let chunk = vec![3u8; 1 << 20];
+    let err = (0..32)
+        .try_for_each(|_| std::io::Write::write_all(&mut f, &chunk))
+        .and_then(|()| f.sync_all())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(sys::Errno::NOSPC.raw_os_error()));
+    drop(f);
+    fs::remove_file(top.join("big")).unwrap();
+    fs::write(top.join("child"), "c\n").unwrap();
+    drop(guard);
+    s.commit("b", "l2", BTreeMap::new()).unwrap();
+
+    let mut guard = Unmount(Vec::new());
+    let v = s.view("v", Some("l2"), BTreeMap::new()).unwrap();
+    let top = activate(&v, &tmp.path().join("v"), &mut guard);
+    assert_eq!(fs::read_to_string(top.join("child")).unwrap(), "c\n");
+    assert_eq!(fs::read_to_string(top.join("base")).unwrap(), "b\n");
+    drop(guard);
+    for k in ["v", "l2", "l1"] {
+        s.remove(k).unwrap();
+    }
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(root.to_str().unwrap()),
+        "leftover mounts under the root"
+    );
 }
