@@ -8,6 +8,7 @@ mod common;
 mod daemon;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -166,6 +167,7 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
     let m = prepare(&mut c, "k/3/ctr", "k/2/base", &[]).await.unwrap();
     let rootfs = mount_all(&m, &tmp.path().join("rootfs"));
     let before = mounts_below(&d.root);
+    let loops_before = loops_below(tmp.path());
 
     d.kill9();
     drop(c);
@@ -191,6 +193,11 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
         .mounts;
     assert_eq!(again, m, "mounts must not change across a restart");
     assert_eq!(mounts_below(&d2.root), before, "no layer mounted twice");
+    assert_eq!(
+        loops_below(tmp.path()),
+        loops_before,
+        "no loop device added"
+    );
 
     // New work still goes through.
     let m2 = prepare(&mut c, "k/4/ctr2", "k/2/base", &[]).await.unwrap();
@@ -201,6 +208,17 @@ async fn survives_kill_9_with_a_mounted_rootfs() {
         remove(&mut c, k).await.unwrap();
     }
     assert!(mounts_below(&d2.root).is_empty());
+    assert!(loops_below(tmp.path()).is_empty(), "leaked loop devices");
+}
+
+/// Loop devices whose backing file lies under `dir`.
+fn loops_below(dir: &Path) -> Vec<PathBuf> {
+    sys::loop_devices()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, backing)| backing.starts_with(dir))
+        .map(|(dev, _)| dev)
+        .collect()
 }
 
 /// SIGTERM stops the daemon cleanly and removes its socket; the socket is
