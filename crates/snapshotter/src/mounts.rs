@@ -45,43 +45,63 @@ pub fn mounts(
     block: bool,
     ovl_options: &[String],
 ) -> Result<Vec<MountSpec>, MountError> {
-    let ro = match kind {
-        Kind::Committed => return Err(MountError::Committed),
-        Kind::View => true,
-        Kind::Active => false,
-    };
+    let ro = read_only(kind)?;
     let Some(&top) = parents.first() else {
-        return Ok(vec![MountSpec {
-            kind: "bind".into(),
-            source: layout.upper(id, block && !ro),
-            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
-        }]);
+        return Ok(vec![bind_mount(layout.upper(id, block && !ro), ro)]);
     };
     if ro && parents.len() == 1 {
         // A single layer needs no overlay; "loop" lets clients without
         // file-backed EROFS mount it too.
-        return Ok(vec![MountSpec {
-            kind: "erofs".into(),
-            source: layout.blob(top),
-            options: vec!["ro".into(), "loop".into()],
-        }]);
+        return Ok(vec![erofs_mount(layout, top)]);
     }
     let lowers: Vec<String> = parents
         .iter()
         .map(|p| layout.lower(*p).to_string_lossy().into_owned())
         .collect();
+    let lowerdir = format!("lowerdir={}", lowers.join(":"));
+    Ok(vec![MountSpec {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: overlay_options(layout, id, ro, block, lowerdir, ovl_options),
+    }])
+}
+
+/// Whether a snapshot of `kind` is mounted read-only; committed ones are
+/// not mounted at all.
+fn read_only(kind: Kind) -> Result<bool, MountError> {
+    match kind {
+        Kind::Committed => Err(MountError::Committed),
+        Kind::View => Ok(true),
+        Kind::Active => Ok(false),
+    }
+}
+
+fn bind_mount(source: PathBuf, ro: bool) -> MountSpec {
+    MountSpec {
+        kind: "bind".into(),
+        source,
+        options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+    }
+}
+
+/// Overlay options in containerd's order: workdir, upperdir (writable
+/// snapshots only), lowerdir, then the configured extras.
+fn overlay_options(
+    layout: &Layout,
+    id: u64,
+    ro: bool,
+    block: bool,
+    lowerdir: String,
+    ovl_options: &[String],
+) -> Vec<String> {
     let mut options = Vec::new();
     if !ro {
         options.push(format!("workdir={}", layout.workdir(id, block).display()));
         options.push(format!("upperdir={}", layout.upper(id, block).display()));
     }
-    options.push(format!("lowerdir={}", lowers.join(":")));
+    options.push(lowerdir);
     options.extend(ovl_options.iter().cloned());
-    Ok(vec![MountSpec {
-        kind: "overlay".into(),
-        source: "overlay".into(),
-        options,
-    }])
+    options
 }
 
 /// Mounts for containerd ≥ 2.2's mount manager (containerd.md sections
@@ -100,11 +120,7 @@ pub fn manager_mounts(
     quota: Option<u64>,
     ovl_options: &[String],
 ) -> Result<Vec<MountSpec>, MountError> {
-    let ro = match kind {
-        Kind::Committed => return Err(MountError::Committed),
-        Kind::View => true,
-        Kind::Active => false,
-    };
+    let ro = read_only(kind)?;
     let quota = quota.filter(|_| !ro);
     if parents.is_empty() && own_blob {
         // A staged layer: only viewable as itself.
@@ -117,27 +133,23 @@ pub fn manager_mounts(
         return Ok(manager_block_mounts(layout, id, parents, size, ovl_options));
     }
     if parents.is_empty() {
-        return Ok(vec![MountSpec {
-            kind: "bind".into(),
-            source: layout.fs(id),
-            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
-        }]);
+        return Ok(vec![bind_mount(layout.fs(id), ro)]);
     }
     if ro && parents.len() == 1 {
         return Ok(vec![erofs_mount(layout, parents[0])]);
     }
     let mut out: Vec<MountSpec> = parents.iter().map(|p| erofs_mount(layout, *p)).collect();
-    let mut options = Vec::new();
-    if !ro {
-        options.push(format!("workdir={}", layout.work(id).display()));
-        options.push(format!("upperdir={}", layout.fs(id).display()));
-    }
-    options.push(lowerdir(0, parents.len()));
-    options.extend(ovl_options.iter().cloned());
     out.push(MountSpec {
         kind: "format/mkdir/overlay".into(),
         source: "overlay".into(),
-        options,
+        options: overlay_options(
+            layout,
+            id,
+            ro,
+            false,
+            lowerdir(0, parents.len()),
+            ovl_options,
+        ),
     });
     Ok(out)
 }
