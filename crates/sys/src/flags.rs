@@ -6,6 +6,7 @@
 //! renamed, linked or unlinked until the flag is cleared (CAP_LINUX_IMMUTABLE
 //! required for both).
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::{CWD, IFlags, Mode, OFlags};
@@ -18,17 +19,7 @@ use crate::error::{Error, Result};
 /// (tmpfs before 6.0, overlayfs on some lowers) answer `ENOTTY` or
 /// `EOPNOTSUPP`; containerd only warns then, so callers decide.
 pub fn set_immutable(path: &Path, immutable: bool) -> Result<()> {
-    // Read-only is enough for FS_IOC_SETFLAGS, and is the only way to open
-    // an immutable file at all. NONBLOCK: never hang on a FIFO.
-    let fd = rustix::fs::openat(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::sys("open", path, e))?;
-    let flags =
-        rustix::fs::ioctl_getflags(&fd).map_err(|e| Error::sys("FS_IOC_GETFLAGS", path, e))?;
+    let (fd, flags) = open_with_flags(path)?;
     let wanted = if immutable {
         flags | IFlags::IMMUTABLE
     } else {
@@ -42,6 +33,13 @@ pub fn set_immutable(path: &Path, immutable: bool) -> Result<()> {
 
 /// Whether `path` has `FS_IMMUTABLE_FL` set.
 pub fn is_immutable(path: &Path) -> Result<bool> {
+    Ok(open_with_flags(path)?.1.contains(IFlags::IMMUTABLE))
+}
+
+/// Open `path` (never following a symlink) and read its inode flags.
+fn open_with_flags(path: &Path) -> Result<(OwnedFd, IFlags)> {
+    // Read-only is enough for FS_IOC_SETFLAGS, and is the only way to open
+    // an immutable file at all. NONBLOCK: never hang on a FIFO.
     let fd = rustix::fs::openat(
         CWD,
         path,
@@ -51,5 +49,5 @@ pub fn is_immutable(path: &Path) -> Result<bool> {
     .map_err(|e| Error::sys("open", path, e))?;
     let flags =
         rustix::fs::ioctl_getflags(&fd).map_err(|e| Error::sys("FS_IOC_GETFLAGS", path, e))?;
-    Ok(flags.contains(IFlags::IMMUTABLE))
+    Ok((fd, flags))
 }
