@@ -542,9 +542,7 @@ impl Snapshotter {
         }
         // Leftover mounts inside (a commit interrupted mid-way) would make
         // the deletion fail or cross into another filesystem.
-        for m in sys::mounts_under(&dir).unwrap_or_default().iter().rev() {
-            let _ = sys::unmount(&m.mount_point, true);
-        }
+        detach_mounts_under(&dir);
         let dest = self
             .layout
             .trash()
@@ -619,9 +617,7 @@ impl Snapshotter {
                 }
                 continue;
             }
-            for m in sys::mounts_under(&path).unwrap_or_default().iter().rev() {
-                let _ = sys::unmount(&m.mount_point, true);
-            }
+            detach_mounts_under(&path);
             let dest = unique(self.layout.trash().join(name));
             match fs::rename(&path, &dest) {
                 Ok(()) => {}
@@ -691,6 +687,15 @@ fn unique(path: PathBuf) -> PathBuf {
         p = PathBuf::from(format!("{}.{n}", path.display()));
     }
     p
+}
+
+/// Detach every mount below `dir`, deepest first (mountinfo lists parents
+/// before their children). Best effort: what stays mounted makes the
+/// caller's next step fail with a clear error.
+fn detach_mounts_under(dir: &Path) {
+    for m in sys::mounts_under(dir).unwrap_or_default().iter().rev() {
+        let _ = sys::unmount(&m.mount_point, true);
+    }
 }
 
 /// Delete everything in the trash; entries that fail stay for the next
