@@ -74,13 +74,6 @@ pub struct ChunkAddr {
     pub blkaddr: u32,
 }
 
-impl ChunkAddr {
-    pub const HOLE: ChunkAddr = ChunkAddr {
-        device: 0,
-        blkaddr: format::NULL_ADDR,
-    };
-}
-
 /// What kind of object a node is, with its kind-specific content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {

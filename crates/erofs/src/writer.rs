@@ -169,10 +169,6 @@ impl<F: Output> ImageWriter<F> {
             + (format::DEVICE_SLOT_SIZE * opts.devices.len()) as u64
     }
 
-    pub fn block_size(&self) -> u64 {
-        self.bs
-    }
-
     /// Set the volume UUID; callers that derive it from the content's
     /// digest only know it at the end.
     pub fn set_uuid(&mut self, uuid: [u8; 16]) {

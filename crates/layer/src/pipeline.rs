@@ -36,8 +36,6 @@ pub struct PipeReader {
     cur: Vec<u8>,
     pos: usize,
     done: bool,
-    /// Time this side spent waiting for the producer.
-    pub waited: Duration,
 }
 
 impl Read for PipeReader {
@@ -46,10 +44,7 @@ impl Read for PipeReader {
             if self.done {
                 return Ok(0);
             }
-            let start = Instant::now();
-            let next = self.rx.recv();
-            self.waited += start.elapsed();
-            match next {
+            match self.rx.recv() {
                 Ok(Ok(chunk)) => {
                     let old = std::mem::replace(&mut self.cur, chunk);
                     self.pos = 0;
@@ -136,7 +131,6 @@ pub fn spawn(
             cur: Vec::new(),
             pos: 0,
             done: false,
-            waited: Duration::ZERO,
         },
         handle,
     ))

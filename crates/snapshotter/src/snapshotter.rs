@@ -181,10 +181,6 @@ impl Snapshotter {
         Ok(s)
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     pub fn prepare(
         &self,
         key: &str,
