@@ -7,6 +7,8 @@
 
 pub mod format;
 pub mod fsck;
+pub mod merge;
 pub mod reader;
 pub mod tree;
+pub mod vmdk;
 pub mod writer;
