@@ -35,11 +35,13 @@ pub enum DirError {
     FileType { path: PathBuf },
     #[error("{path}: directory nesting deeper than {limit}")]
     TooDeep { path: PathBuf, limit: usize },
+    #[error("{path}: replaced while being read")]
+    Changed { path: PathBuf },
 }
 
 /// Bound on directory depth, so a hostile tree cannot exhaust memory with
 /// pending descriptors.
-const MAX_DEPTH: usize = 4096;
+pub(crate) const MAX_DEPTH: usize = 4096;
 
 /// Counts reported after a walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +77,7 @@ struct Walker<'w, F: Output> {
     stats: DirStats,
 }
 
-fn io_err(path: &Path) -> impl Fn(rustix::io::Errno) -> DirError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl Fn(rustix::io::Errno) -> DirError + '_ {
     move |e| DirError::Io {
         path: path.to_path_buf(),
         source: e.into(),
@@ -126,15 +128,26 @@ impl XattrSource<'_> {
     }
 }
 
-/// Read all xattrs of one file that `keep` accepts and EROFS can store;
-/// the others are counted as dropped.
-fn read_xattrs(
-    src: XattrSource<'_>,
+/// One extended attribute: full name (`user.foo`) and raw value.
+pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
+
+/// All xattrs of one opened file, in listing order. `fd` must come from
+/// [`open_entry`] (or be a directory opened for reading), so that symlinks
+/// and special files are read through their `O_PATH` descriptor.
+pub(crate) fn read_xattrs(
+    fd: &OwnedFd,
+    ftype: FileType,
     path: &Path,
-    keep: fn(&[u8]) -> bool,
-    stats: &mut DirStats,
-) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
-    let mut out = BTreeMap::new();
+) -> Result<Vec<Xattr>, DirError> {
+    let proc;
+    let src = match ftype {
+        FileType::Directory | FileType::RegularFile => XattrSource::Fd(fd.as_fd()),
+        _ => {
+            proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+            XattrSource::Proc(Path::new(&proc))
+        }
+    };
+    let mut out = Vec::new();
     let mut names = vec![0u8; 4096];
     let len = loop {
         match src.list(&mut names) {
@@ -158,27 +171,109 @@ fn read_xattrs(
             }
         };
         value.truncate(n);
-        if !keep(name) || erofs::tree::validate_xattr(name, &value).is_err() {
-            stats.dropped_xattrs += 1;
-            continue;
-        }
-        out.insert(name.to_vec(), value);
+        out.push((name.to_vec(), value));
     }
     Ok(out)
 }
 
+/// The xattrs of one file that `keep` accepts and EROFS can store; the
+/// others are counted as dropped.
+fn image_xattrs(
+    fd: &OwnedFd,
+    ftype: FileType,
+    path: &Path,
+    keep: fn(&[u8]) -> bool,
+    stats: &mut DirStats,
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, DirError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in read_xattrs(fd, ftype, path)? {
+        if !keep(&name) || erofs::tree::validate_xattr(&name, &value).is_err() {
+            stats.dropped_xattrs += 1;
+            continue;
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// Opens `root` itself (following symlinks: the caller chose that path).
+pub(crate) fn open_root(root: &Path) -> Result<(OwnedFd, rustix::fs::Stat), DirError> {
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io_err(root))?;
+    let st = rustix::fs::fstat(&fd).map_err(io_err(root))?;
+    Ok((fd, st))
+}
+
+/// The names in a directory, without `.` and `..`, sorted bytewise so
+/// that nothing downstream (first name of a hard-linked inode, output
+/// order) depends on readdir order.
+pub(crate) fn list_names(dirfd: &OwnedFd, path: &Path) -> Result<Vec<Vec<u8>>, DirError> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    let mut dir = rustix::fs::Dir::read_from(dirfd).map_err(io_err(path))?;
+    while let Some(ent) = dir.read() {
+        let ent = ent.map_err(io_err(path))?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// One directory entry, opened without following a link.
+pub(crate) struct Opened {
+    /// Status of the opened inode itself (not of whatever the name points
+    /// at now).
+    pub st: rustix::fs::Stat,
+    pub ftype: FileType,
+    /// Readable for directories and regular files, `O_PATH` otherwise.
+    pub fd: OwnedFd,
+}
+
+/// Opens `name` in `dirfd` without following a symlink. Regular files and
+/// directories are opened for reading, so that xattrs and data come from
+/// the very inode we describe; other types get `O_PATH` descriptors.
+///
+/// The type is learnt from a `statat` first, and the opened inode must be
+/// the one stat'ed: a name replaced in between (say a file by a FIFO,
+/// which a non-blocking read would report as empty) is an error rather
+/// than a silently wrong entry.
+pub(crate) fn open_entry(dirfd: &OwnedFd, name: &OsStr, path: &Path) -> Result<Opened, DirError> {
+    let before =
+        rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err(path))?;
+    let ftype = FileType::from_raw_mode(before.st_mode);
+    let open_flags = match ftype {
+        FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+        FileType::RegularFile => OFlags::RDONLY,
+        _ => OFlags::PATH,
+    } | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC
+        | OFlags::NOCTTY
+        | OFlags::NONBLOCK;
+    let fd = rustix::fs::openat(dirfd, name, open_flags, Mode::empty()).map_err(io_err(path))?;
+    let st = rustix::fs::fstat(&fd).map_err(io_err(path))?;
+    if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino)
+        || FileType::from_raw_mode(st.st_mode) != ftype
+    {
+        return Err(DirError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Opened { st, ftype, fd })
+}
+
 impl<F: Output> Walker<'_, F> {
     fn walk(&mut self, root: &Path) -> Result<(), DirError> {
-        let fd = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io_err(root))?;
-        let st = rustix::fs::fstat(&fd).map_err(io_err(root))?;
+        let (fd, st) = open_root(root)?;
         let mut node = Node::new(meta_of(&st), Content::Dir(BTreeMap::new()));
-        node.xattrs = read_xattrs(
-            XattrSource::Fd(fd.as_fd()),
+        node.xattrs = image_xattrs(
+            &fd,
+            FileType::Directory,
             root,
             self.opts.keep_xattr,
             &mut self.stats,
@@ -193,19 +288,7 @@ impl<F: Output> Walker<'_, F> {
         let mut stack: Vec<(OwnedFd, Vec<Vec<u8>>)> = vec![(fd, Vec::new())];
         while let Some((dirfd, comps)) = stack.pop() {
             let dir_path = join(root, &comps);
-            let mut names: Vec<Vec<u8>> = Vec::new();
-            let mut dir = rustix::fs::Dir::read_from(&dirfd).map_err(io_err(&dir_path))?;
-            while let Some(ent) = dir.read() {
-                let ent = ent.map_err(io_err(&dir_path))?;
-                let name = ent.file_name().to_bytes();
-                if name != b"." && name != b".." {
-                    names.push(name.to_vec());
-                }
-            }
-            // Sorted so that the first name of a hard-linked inode, and so
-            // the output, does not depend on readdir order.
-            names.sort();
-            for name in names {
+            for name in list_names(&dirfd, &dir_path)? {
                 let mut child = comps.clone();
                 child.push(name);
                 if let Some(sub) = self.add_entry(&dirfd, root, &child)? {
@@ -235,10 +318,8 @@ impl<F: Output> Walker<'_, F> {
         };
         let name = OsStr::from_bytes(name);
         self.stats.entries += 1;
-        let st =
-            rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err(&path))?;
+        let Opened { st, ftype, fd } = open_entry(dirfd, name, &path)?;
         let meta = meta_of(&st);
-        let ftype = FileType::from_raw_mode(st.st_mode);
         let tree_err = |source| DirError::Tree {
             path: path.clone(),
             source,
@@ -252,28 +333,7 @@ impl<F: Output> Walker<'_, F> {
             }
             self.links.insert(key, comps.to_vec());
         }
-        // Regular files and directories are opened (without following a
-        // link) to read xattrs and data from the very inode we stat'ed;
-        // other types are read through O_PATH descriptors.
-        let open_flags = match ftype {
-            FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
-            FileType::RegularFile => OFlags::RDONLY,
-            _ => OFlags::PATH,
-        } | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC
-            | OFlags::NOCTTY
-            | OFlags::NONBLOCK;
-        let fd =
-            rustix::fs::openat(dirfd, name, open_flags, Mode::empty()).map_err(io_err(&path))?;
-        let proc;
-        let source = match ftype {
-            FileType::Directory | FileType::RegularFile => XattrSource::Fd(fd.as_fd()),
-            _ => {
-                proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-                XattrSource::Proc(Path::new(&proc))
-            }
-        };
-        let xattrs = read_xattrs(source, &path, self.opts.keep_xattr, &mut self.stats)?;
+        let xattrs = image_xattrs(&fd, ftype, &path, self.opts.keep_xattr, &mut self.stats)?;
         let (content, subdir) = match ftype {
             FileType::Directory => (Content::Dir(BTreeMap::new()), Some(fd)),
             FileType::RegularFile => {
@@ -312,7 +372,7 @@ impl<F: Output> Walker<'_, F> {
     }
 }
 
-fn join(root: &Path, comps: &[Vec<u8>]) -> PathBuf {
+pub(crate) fn join(root: &Path, comps: &[Vec<u8>]) -> PathBuf {
     let mut p = root.to_path_buf();
     for c in comps {
         p.push(OsStr::from_bytes(c));
