@@ -11,7 +11,7 @@
 //! they are hot in cache, by whoever pulls them.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -156,6 +156,62 @@ impl<R> fmt::Debug for DigestReader<R> {
     }
 }
 
+/// A writer that SHA-256-hashes and counts every byte written through it:
+/// the producing side's counterpart of [`DigestReader`] (a layer export
+/// hashes the tar as it writes it, and the compressed bytes as they leave).
+pub struct DigestWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> DigestWriter<W> {
+    /// Starts hashing everything subsequently written to `inner`.
+    pub fn new(inner: W) -> Self {
+        DigestWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Ends hashing: the digest, the byte count and the inner writer (not
+    /// flushed).
+    pub fn finish(self) -> (Digest, u64, W) {
+        (
+            Digest(self.hasher.finalize().into()),
+            self.bytes,
+            self.inner,
+        )
+    }
+}
+
+impl<W: Write> Write for DigestWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        // Only what the inner writer accepted counts: the caller writes the
+        // rest again.
+        let written = buf
+            .get(..n)
+            .ok_or_else(|| io::Error::other("writer accepted more bytes than offered"))?;
+        self.hasher.update(written);
+        self.bytes = self.bytes.saturating_add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> fmt::Debug for DigestWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestWriter")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -177,6 +233,29 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(d.to_string(), ABC);
         assert_eq!(d, Digest::of(b"abc"));
+    }
+
+    /// Accepts at most 2 bytes per call, like a congested pipe.
+    struct Narrow(Vec<u8>);
+    impl Write for Narrow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(2);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writer_hashes_only_what_was_accepted() {
+        let mut w = DigestWriter::new(Narrow(Vec::new()));
+        assert_eq!(w.write(b"abc").unwrap(), 2);
+        w.write_all(b"c").unwrap();
+        let (d, n, inner) = w.finish();
+        assert_eq!((d.to_string().as_str(), n), (ABC, 3));
+        assert_eq!(inner.0, b"abc");
     }
 
     #[test]

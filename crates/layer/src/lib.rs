@@ -35,13 +35,14 @@ pub mod compression;
 pub mod convert;
 pub mod digest;
 pub mod dir;
+pub mod export;
 pub mod path;
 pub mod pipeline;
 pub mod tar;
 pub mod whiteout;
 
 pub use compression::Compression;
-pub use digest::{Digest, DigestReader};
+pub use digest::{Digest, DigestReader, DigestWriter};
 pub use path::{PathError, normalize};
 pub use tar::{Entry, EntryKind, Limits, SparseRegion, TarError, TarReader};
 pub use whiteout::{Whiteout, WhiteoutError, classify};
