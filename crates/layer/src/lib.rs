@@ -28,6 +28,10 @@
 //! * [`whiteout`] classifies OCI/AUFS whiteout names (`.wh.NAME`,
 //!   `.wh..wh..opq`).
 //!
+//! The other direction, for the differ's `Compare`: [`export`] turns an
+//! overlay upper directory into an OCI layer tar (optionally compressed),
+//! computing the diffID and blob digest as it streams.
+//!
 //! The crate does no filesystem writes and has no dependency on the EROFS
 //! writer; it is the untrusted-input boundary.
 

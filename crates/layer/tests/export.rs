@@ -639,3 +639,41 @@ fn symlinked_upper_components_are_never_descended() {
     let secret_hash = Digest::of(b"secret").hex();
     assert!(!lines.iter().any(|l| l.contains(&secret_hash)));
 }
+
+/// The directory reader shares the export's walking primitives: it must
+/// still take the same upper, every file type included, as it is.
+#[test]
+fn directory_reader_takes_the_same_upper() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempdir();
+    let up = tmp.path().join("upper");
+    fs::create_dir(&up).unwrap();
+    build_upper(&up);
+    let image = tmp.path().join("dir.erofs");
+    let out = fs::File::create(&image).unwrap();
+    let mut writer =
+        erofs::writer::ImageWriter::new(out, erofs::writer::WriterOptions::default()).unwrap();
+    let (tree, stats) = layer::dir::read_dir_tree(&up, &mut writer).unwrap();
+    writer.finish(&tree).unwrap();
+    // Every name below the root, second links and the socket included.
+    assert_eq!(stats.entries, 31);
+    let img = Image::open(&image).unwrap();
+    let node = |p: &[u8]| img.inode(img.lookup(p).unwrap().unwrap()).unwrap();
+    assert_eq!(node(b"etc/removed").rdev(), Some((0, 0)));
+    assert_eq!(
+        xattr_of(&img, b"etc", b"trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        img.lookup(b"a/hard1").unwrap(),
+        img.lookup(b"z/hard2").unwrap()
+    );
+    assert_eq!(node(b"a/sock").mode() & 0o170000, 0o140000);
+    assert_eq!(img.symlink_target(&node(b"up")).unwrap(), b"../../..");
+    assert_eq!(
+        img.read_all(&node(b"sizes/513"), 1 << 20).unwrap(),
+        [b'b'; 513]
+    );
+}
