@@ -69,11 +69,14 @@ fn main() {
             "MountsResponse",
             "Mounts of an existing active snapshot or view.",
         ))
-        .method(snap(
+        .method(method(
             "Commit",
-            "CommitSnapshotRequest",
-            EMPTY,
-            "Turn active snapshot `key` into committed snapshot `name`.",
+            // Ours, not containerd-client's: that one predates the `parent`
+            // field (rebase, containerd 2.2) and prost would drop it.
+            "crate::snapshots::CommitSnapshotRequest".to_string(),
+            EMPTY.to_string(),
+            false,
+            "Turn active snapshot `key` into committed snapshot `name`, on top of `parent` if given (rebase).",
         ))
         .method(snap(
             "Remove",
@@ -134,8 +137,10 @@ fn main() {
         ))
         .build();
 
+    // Clients too: containerd-client's snapshots client would send its own
+    // CommitSnapshotRequest, without `parent`.
     Builder::new()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile(&[snapshots, diff]);
     println!("cargo:rerun-if-changed=build.rs");

@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use snapshotter::config::Config;
-use snapshotter::service::{NoDiff, SnapshotService};
+use snapshotter::content::ContentSource;
+use snapshotter::diff_service::DiffService;
+use snapshotter::differ::ApplyOptions;
+use snapshotter::metrics::Metrics;
+use snapshotter::service::SnapshotService;
 use snapshotter::snapshotter::{Config as CoreConfig, Snapshotter};
 
 #[derive(clap::Args)]
@@ -19,6 +23,13 @@ pub struct Args {
     /// Socket path; overrides `address`.
     #[arg(long)]
     address: Option<PathBuf>,
+    /// containerd's socket, for reading layer blobs; overrides
+    /// `containerd_address`.
+    #[arg(long)]
+    containerd_address: Option<PathBuf>,
+    /// `host:port` of a Prometheus endpoint; overrides `metrics_address`.
+    #[arg(long)]
+    metrics_address: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -32,6 +43,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(a) = args.address {
         cfg.address = a;
     }
+    if let Some(a) = args.containerd_address {
+        cfg.containerd_address = a;
+    }
+    if let Some(a) = args.metrics_address {
+        cfg.metrics_address = Some(a);
+    }
     if let Some(dir) = cfg.address.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -44,18 +61,39 @@ pub fn run(args: Args) -> Result<()> {
         mount_mode: cfg.mount_mode,
     })
     .with_context(|| format!("opening {}", cfg.root_path.display()))?;
-    let service = SnapshotService::new(Arc::new(core));
+    let core = Arc::new(core);
+    let metrics = Arc::new(Metrics::default());
+    let snapshots = SnapshotService::new(core.clone(), metrics.clone());
+    let diff = DiffService::new(
+        core,
+        ContentSource {
+            address: cfg.containerd_address.clone(),
+            dir: cfg.content_dir.clone(),
+        },
+        ApplyOptions {
+            tar_index: cfg.enable_tar_index,
+        },
+        metrics.clone(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     eprintln!(
-        "serving snapshots for {} on {}",
+        "serving snapshots and diff for {} on {}",
         cfg.root_path.display(),
         cfg.address.display()
     );
     let address = cfg.address.clone();
+    let metrics_address = cfg.metrics_address.clone();
     rt.block_on(async move {
+        if let Some(addr) = metrics_address {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            eprintln!("metrics on http://{addr}/metrics");
+            tokio::spawn(metrics.serve(listener));
+        }
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -67,8 +105,9 @@ pub fn run(args: Args) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        proto::serve_unix(&address, Some(service), None::<NoDiff>, shutdown).await
-    })
-    .with_context(|| format!("serving on {}", cfg.address.display()))?;
+        proto::serve_unix(&address, Some(snapshots), Some(diff), shutdown)
+            .await
+            .with_context(|| format!("serving on {}", address.display()))
+    })?;
     Ok(())
 }

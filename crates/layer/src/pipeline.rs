@@ -3,6 +3,8 @@
 //! inflate, the slowest stage, running without pause.
 
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +38,32 @@ pub struct PipeReader {
     cur: Vec<u8>,
     pos: usize,
     done: bool,
+    waited: WaitClock,
+}
+
+/// Time the consumer spent blocked on an empty pipe: subtracted from a
+/// stage's wall time it gives the time the stage itself took, which is
+/// what per-stage timings report.
+#[derive(Debug, Clone, Default)]
+pub struct WaitClock(Arc<AtomicU64>);
+
+impl WaitClock {
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl PipeReader {
+    /// A handle on this reader's blocked time that outlives moving the
+    /// reader into a decoder or another thread.
+    pub fn wait_clock(&self) -> WaitClock {
+        self.waited.clone()
+    }
 }
 
 impl Read for PipeReader {
@@ -44,7 +72,10 @@ impl Read for PipeReader {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.recv() {
+            let start = Instant::now();
+            let received = self.rx.recv();
+            self.waited.add(start.elapsed());
+            match received {
                 Ok(Ok(chunk)) => {
                     let old = std::mem::replace(&mut self.cur, chunk);
                     self.pos = 0;
@@ -131,6 +162,7 @@ pub fn spawn(
             cur: Vec::new(),
             pos: 0,
             done: false,
+            waited: WaitClock::default(),
         },
         handle,
     ))

@@ -43,8 +43,34 @@ pub mod types {
 /// `containerd.services.snapshots.v1`: messages (`Info`, `Kind`, requests and
 /// responses), containerd-client's `snapshots_client`, and our server.
 pub mod snapshots {
-    pub use containerd_client::services::v1::snapshots::*;
+    pub use containerd_client::services::v1::snapshots::{
+        CleanupRequest, Info, Kind, ListSnapshotsRequest, ListSnapshotsResponse, MountsRequest,
+        MountsResponse, PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest,
+        StatSnapshotRequest, StatSnapshotResponse, UpdateSnapshotRequest, UpdateSnapshotResponse,
+        UsageRequest, UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
+    };
 
+    /// `CommitSnapshotRequest` as containerd 2.2+ sends it. containerd-client
+    /// 0.9 was generated before field 5 existed; parallel unpack (the
+    /// `rebase` capability) needs it, so the message is declared here with
+    /// the same field numbers.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CommitSnapshotRequest {
+        #[prost(string, tag = "1")]
+        pub snapshotter: String,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(string, tag = "3")]
+        pub key: String,
+        #[prost(map = "string, string", tag = "4")]
+        pub labels: std::collections::HashMap<String, String>,
+        /// The committed snapshot to rebase onto; empty keeps the parent
+        /// given at Prepare.
+        #[prost(string, tag = "5")]
+        pub parent: String,
+    }
+
+    pub use generated::snapshots_client;
     pub use generated::snapshots_server::{Snapshots, SnapshotsServer};
 
     // Generated code is not ours to style. It is clippy-clean today; the
@@ -63,8 +89,10 @@ pub mod snapshots {
 /// `diff_client`, and our server.
 pub mod diff {
     pub use containerd_client::services::v1::{
-        ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, diff_client,
+        ApplyRequest, ApplyResponse, DiffRequest, DiffResponse,
     };
+
+    pub use generated::diff_client;
 
     pub use generated::diff_server::{Diff, DiffServer};
 

@@ -124,6 +124,10 @@ impl Snapshots for ToySnapshots {
         match snaps.remove(&r.key) {
             Some(mut info) if info.kind == Kind::Active as i32 => {
                 info.name = r.name.clone();
+                // Rebase: field 5, which containerd-client's message lacks.
+                if !r.parent.is_empty() {
+                    info.parent = r.parent;
+                }
                 info.kind = Kind::Committed as i32;
                 info.labels.extend(r.labels);
                 snaps.insert(r.name, info);
@@ -349,6 +353,7 @@ async fn snapshots_and_diff_over_unix_socket() {
                     name: "testns/2/sha256:chain".into(),
                     key: "testns/1/extract".into(),
                     labels: HashMap::new(),
+                    parent: "testns/0/base".into(),
                 },
                 NS,
             )
@@ -378,6 +383,7 @@ async fn snapshots_and_diff_over_unix_socket() {
     }
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].name, "testns/2/sha256:chain");
+    assert_eq!(listed[0].parent, "testns/0/base");
     assert_eq!(listed[0].kind, Kind::Committed as i32);
     assert_eq!(
         listed[0]

@@ -40,10 +40,31 @@ pub struct Config {
     /// plain directory upper.
     #[serde(default)]
     pub default_size: u64,
+    /// containerd's gRPC socket, where the differ reads layer blobs
+    /// (content.v1) and writes the layers Compare produces.
+    #[serde(default = "default_containerd_address")]
+    pub containerd_address: PathBuf,
+    /// containerd's content store root
+    /// (`<containerd root>/io.containerd.content.v1.content`): when set,
+    /// Apply reads blobs from there directly instead of over gRPC.
+    #[serde(default)]
+    pub content_dir: Option<PathBuf>,
+    /// Apply writes tar-index layers (512-byte-block metadata followed by
+    /// the tar itself) instead of converting the file data.
+    #[serde(default)]
+    pub enable_tar_index: bool,
+    /// `host:port` for a Prometheus text endpoint at `/metrics`; off when
+    /// unset.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 fn default_root() -> PathBuf {
     PathBuf::from("/var/lib/erofs-snapshotter")
+}
+
+fn default_containerd_address() -> PathBuf {
+    PathBuf::from("/run/containerd/containerd.sock")
 }
 
 fn default_address() -> PathBuf {
@@ -60,6 +81,10 @@ impl Default for Config {
             set_immutable: false,
             enable_fsverity: false,
             default_size: 0,
+            containerd_address: default_containerd_address(),
+            content_dir: None,
+            enable_tar_index: false,
+            metrics_address: None,
         }
     }
 }

@@ -2,8 +2,12 @@
 //! layout, mounts and the containerd Snapshots service.
 
 pub mod config;
+pub mod content;
+pub mod diff_service;
+pub mod differ;
 pub mod filters;
 pub mod layout;
+pub mod metrics;
 pub mod mounts;
 pub mod service;
 pub mod snapshotter;

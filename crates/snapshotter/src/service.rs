@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use proto::errdefs::{ErrorKind, status};
 use proto::snapshots as pb;
 use proto::tonic::{Request, Response, Status};
 use proto::types::Mount;
 
+use crate::metrics::Metrics;
 use crate::mounts::MountSpec;
 use crate::snapshotter::{Error, ErrorClass, Snapshotter};
 use crate::store::{Info, Kind};
@@ -19,11 +20,28 @@ use crate::store::{Info, Kind};
 #[derive(Clone)]
 pub struct SnapshotService {
     inner: Arc<Snapshotter>,
+    metrics: Arc<Metrics>,
 }
 
 impl SnapshotService {
-    pub fn new(inner: Arc<Snapshotter>) -> Self {
-        SnapshotService { inner }
+    pub fn new(inner: Arc<Snapshotter>, metrics: Arc<Metrics>) -> Self {
+        SnapshotService { inner, metrics }
+    }
+
+    /// Run `f` on the blocking pool, counting it as operation `op`.
+    async fn timed<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let start = Instant::now();
+        let r = blocking(f).await;
+        let result = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics.op(op, &result, start.elapsed());
+        r
     }
 }
 
@@ -143,14 +161,15 @@ impl pb::Snapshots for SnapshotService {
         let r = req.into_inner();
         require_key(&r.key)?;
         let s = self.inner.clone();
-        let mounts = blocking(move || {
-            s.prepare(
-                &r.key,
-                parent_opt(&r.parent).as_deref(),
-                labels_in(r.labels),
-            )
-        })
-        .await?;
+        let mounts = self
+            .timed("prepare", move || {
+                s.prepare(
+                    &r.key,
+                    parent_opt(&r.parent).as_deref(),
+                    labels_in(r.labels),
+                )
+            })
+            .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts_pb(mounts),
         }))
@@ -163,14 +182,15 @@ impl pb::Snapshots for SnapshotService {
         let r = req.into_inner();
         require_key(&r.key)?;
         let s = self.inner.clone();
-        let mounts = blocking(move || {
-            s.view(
-                &r.key,
-                parent_opt(&r.parent).as_deref(),
-                labels_in(r.labels),
-            )
-        })
-        .await?;
+        let mounts = self
+            .timed("view", move || {
+                s.view(
+                    &r.key,
+                    parent_opt(&r.parent).as_deref(),
+                    labels_in(r.labels),
+                )
+            })
+            .await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts_pb(mounts),
         }))
@@ -182,7 +202,7 @@ impl pb::Snapshots for SnapshotService {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
         let s = self.inner.clone();
-        let mounts = blocking(move || s.mounts(&r.key)).await?;
+        let mounts = self.timed("mounts", move || s.mounts(&r.key)).await?;
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts_pb(mounts),
         }))
@@ -198,7 +218,31 @@ impl pb::Snapshots for SnapshotService {
             return Err(status(ErrorKind::InvalidArgument, "empty snapshot name"));
         }
         let s = self.inner.clone();
-        blocking(move || s.commit(&r.key, &r.name, labels_in(r.labels))).await?;
+        let start = Instant::now();
+        let (key, name, parent) = (r.key.clone(), r.name.clone(), r.parent.clone());
+        self.timed("commit", move || {
+            s.commit(
+                &r.key,
+                &r.name,
+                labels_in(r.labels),
+                parent_opt(&r.parent).as_deref(),
+            )
+        })
+        .await?;
+        // The last stage of a layer's unpack, after the differ's `apply`
+        // line; a commit that converts an upper directory shows here too.
+        crate::metrics::log(
+            "commit",
+            &[
+                ("key", key),
+                ("name", name),
+                ("parent", parent),
+                (
+                    "commit_ms",
+                    format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
+                ),
+            ],
+        );
         Ok(Response::new(()))
     }
 
@@ -208,7 +252,7 @@ impl pb::Snapshots for SnapshotService {
     ) -> Result<Response<proto::Empty>, Status> {
         let r = req.into_inner();
         let s = self.inner.clone();
-        blocking(move || s.remove(&r.key)).await?;
+        self.timed("remove", move || s.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
 
@@ -218,7 +262,7 @@ impl pb::Snapshots for SnapshotService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
         let s = self.inner.clone();
-        let info = blocking(move || s.stat(&r.key)).await?;
+        let info = self.timed("stat", move || s.stat(&r.key)).await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_pb(info)),
         }))
@@ -234,7 +278,9 @@ impl pb::Snapshots for SnapshotService {
         };
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let s = self.inner.clone();
-        let info = blocking(move || s.update(info_in(info), &paths)).await?;
+        let info = self
+            .timed("update", move || s.update(info_in(info), &paths))
+            .await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(info_pb(info)),
         }))
@@ -249,7 +295,7 @@ impl pb::Snapshots for SnapshotService {
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = req.into_inner();
         let s = self.inner.clone();
-        let infos = blocking(move || s.list(&r.filters)).await?;
+        let infos = self.timed("list", move || s.list(&r.filters)).await?;
         // Batches keep each message well under gRPC's size limit.
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = infos
             .chunks(100)
@@ -268,7 +314,7 @@ impl pb::Snapshots for SnapshotService {
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = req.into_inner();
         let s = self.inner.clone();
-        let u = blocking(move || s.usage(&r.key)).await?;
+        let u = self.timed("usage", move || s.usage(&r.key)).await?;
         Ok(Response::new(pb::UsageResponse {
             size: u.size,
             inodes: u.inodes,
@@ -280,29 +326,7 @@ impl pb::Snapshots for SnapshotService {
         _req: Request<pb::CleanupRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
         let s = self.inner.clone();
-        blocking(move || s.cleanup()).await?;
+        self.timed("cleanup", move || s.cleanup()).await?;
         Ok(Response::new(()))
-    }
-}
-
-/// The Diff service until our differ is served: every call answers
-/// Unimplemented, which makes containerd's diff service fall through to
-/// its next differ.
-pub struct NoDiff;
-
-#[proto::async_trait]
-impl proto::diff::Diff for NoDiff {
-    async fn apply(
-        &self,
-        _req: Request<proto::diff::ApplyRequest>,
-    ) -> Result<Response<proto::diff::ApplyResponse>, Status> {
-        Err(status(ErrorKind::Unimplemented, "apply is not served yet"))
-    }
-
-    async fn diff(
-        &self,
-        _req: Request<proto::diff::DiffRequest>,
-    ) -> Result<Response<proto::diff::DiffResponse>, Status> {
-        Err(status(ErrorKind::Unimplemented, "diff is not served yet"))
     }
 }

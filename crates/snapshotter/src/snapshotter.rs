@@ -156,6 +156,10 @@ pub struct Snapshotter {
     lowers: Mutex<()>,
 }
 
+/// Set by containerd on every extraction Prepare (and kept at Commit): the
+/// chainID the snapshot will be committed as.
+pub const TARGET_LABEL: &str = "containerd.io/snapshot.ref";
+
 /// Only these overlay xattrs carry meaning into a layer; the others
 /// (origin file handles, impure, redirect, …) describe the upper
 /// filesystem they were written on and would confuse a later overlay.
@@ -206,6 +210,17 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<MountSpec>> {
+        if kind == Kind::Active
+            && let Some(target) = labels.get(TARGET_LABEL)
+            && let Some(existing) = self.find_target(target, parent)?
+        {
+            // containerd then finds `existing` by the same label and
+            // parent, and skips fetching and applying this layer.
+            return Err(StoreError::AlreadyExists(format!(
+                "target snapshot {target:?} already exists as {existing:?}"
+            ))
+            .into());
+        }
         let block = kind == Kind::Active && self.cfg.default_size > 0;
         let tmp = tempfile::Builder::new()
             .prefix(NEW_PREFIX)
@@ -248,6 +263,59 @@ impl Snapshotter {
             let _ = self.remove(key);
         }
         result
+    }
+
+    /// The directory of the active snapshot that `mounts` (as returned by
+    /// Prepare, in any mount mode) write into, if it is one of ours: the
+    /// differ writes `layer.erofs` there. `None` makes the differ answer
+    /// NotImplemented so that containerd tries its next differ.
+    pub fn apply_target(&self, mounts: &[MountSpec]) -> Result<Option<PathBuf>> {
+        let snapshots = self.layout.snapshots();
+        let ids = self.store.ids()?;
+        // The writable part is last (an overlay's upperdir, a bind mount,
+        // or in mount-manager block mode the ext4 image of mount 0).
+        for m in mounts.iter().rev() {
+            let uppers = m
+                .options
+                .iter()
+                .filter_map(|o| o.strip_prefix("upperdir="))
+                .map(PathBuf::from);
+            for path in std::iter::once(m.source.clone()).chain(uppers) {
+                let Ok(rest) = path.strip_prefix(&snapshots) else {
+                    continue;
+                };
+                let Some(id) = rest
+                    .components()
+                    .next()
+                    .and_then(|c| Layout::parse_id(c.as_os_str()))
+                else {
+                    continue;
+                };
+                // Only active snapshots carry the marker; committed
+                // parents show up here as lowers and are skipped.
+                if ids.contains_key(&id) && self.layout.marker(id).exists() {
+                    return Ok(Some(self.layout.snapshot(id)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A committed snapshot that already holds extraction target `target`
+    /// on `parent`: a layer this daemon unpacked before, in any namespace.
+    fn find_target(&self, target: &str, parent: Option<&str>) -> Result<Option<String>> {
+        let mut found = None;
+        self.store.walk(&mut |info| {
+            if info.kind == Kind::Committed
+                && info.labels.get(TARGET_LABEL).map(String::as_str) == Some(target)
+                && info.parent.as_deref() == parent
+            {
+                found = Some(info.name.clone());
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
     }
 
     /// The upper's root takes the owner of the layer below, as containerd
@@ -399,7 +467,16 @@ impl Snapshotter {
 
     /// Turn active snapshot `key` into committed `name`. The layer image
     /// is the one our differ left, or the upper directory converted here.
-    pub fn commit(&self, key: &str, name: &str, labels: BTreeMap<String, String>) -> Result<()> {
+    /// `parent` rebases a parentless snapshot (parallel unpack): an EROFS
+    /// layer does not depend on what lies below it, so only the record
+    /// changes.
+    pub fn commit(
+        &self,
+        key: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        parent: Option<&str>,
+    ) -> Result<()> {
         let (snap, _) = self.store.get(key)?;
         if snap.kind != Kind::Active {
             return Err(
@@ -449,7 +526,7 @@ impl Snapshotter {
             size: i64::try_from(size).unwrap_or(i64::MAX),
             inodes: 1,
         };
-        if let Err(e) = self.store.commit(key, name, usage, labels, None) {
+        if let Err(e) = self.store.commit(key, name, usage, labels, parent) {
             discard();
             return Err(e.into());
         }

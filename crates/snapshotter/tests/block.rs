@@ -86,7 +86,7 @@ fn default_size_is_a_quota_and_commits_to_erofs() {
     let err = fill(&upper, 32).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(sys::Errno::NOSPC.raw_os_error()));
     fs::remove_file(upper.join("big")).unwrap();
-    s.commit("a", "base", BTreeMap::new()).unwrap();
+    s.commit("a", "base", BTreeMap::new(), None).unwrap();
     assert!(!root.join("snapshots/1/rwlayer.img").exists());
 
     // With a parent: overlay whose upperdir is in the image.
@@ -102,7 +102,7 @@ fn default_size_is_a_quota_and_commits_to_erofs() {
     }
     let usage = s.usage("b").unwrap();
     assert!(usage.inodes >= 3, "{usage:?}");
-    s.commit("b", "top", BTreeMap::new()).unwrap();
+    s.commit("b", "top", BTreeMap::new(), None).unwrap();
 
     // The committed layer holds the change and the whiteout.
     let v = s.view("v", Some("top"), BTreeMap::new()).unwrap();
@@ -135,7 +135,7 @@ fn set_immutable_protects_committed_layers() {
     .unwrap();
     let m = s.prepare("a", None, BTreeMap::new()).unwrap();
     fs::write(m[0].source.join("f"), "x").unwrap();
-    s.commit("a", "base", BTreeMap::new()).unwrap();
+    s.commit("a", "base", BTreeMap::new(), None).unwrap();
     let blob = root.join("snapshots/1/layer.erofs");
     assert!(sys::flags::is_immutable(&blob).unwrap());
     assert!(fs::OpenOptions::new().append(true).open(&blob).is_err());
@@ -168,7 +168,7 @@ fn upper_root_inherits_the_parent_layer_owner_in_both_modes() {
         .unwrap();
         let m = s.prepare("a", None, BTreeMap::new()).unwrap();
         std::os::unix::fs::chown(&m[0].source, Some(1000), Some(1000)).unwrap();
-        s.commit("a", "base", BTreeMap::new()).unwrap();
+        s.commit("a", "base", BTreeMap::new(), None).unwrap();
         s.prepare("b", Some("base"), BTreeMap::new()).unwrap();
         let md = fs::metadata(root.join("snapshots/2/fs")).unwrap();
         use std::os::unix::fs::MetadataExt;

@@ -121,7 +121,7 @@ fn mount_manager_specs_mount_to_the_right_tree() {
     let m = s.prepare("a", None, BTreeMap::new()).unwrap();
     assert_eq!(m[0].kind, "bind");
     fs::write(m[0].source.join("one"), "1\n").unwrap();
-    s.commit("a", "l1", BTreeMap::new()).unwrap();
+    s.commit("a", "l1", BTreeMap::new(), None).unwrap();
 
     let m = s.prepare("b", Some("l1"), BTreeMap::new()).unwrap();
     assert_eq!(m[0].kind, "erofs");
@@ -132,7 +132,7 @@ fn mount_manager_specs_mount_to_the_right_tree() {
     fs::remove_file(top.join("one")).unwrap();
     drop(guard);
     guard = Unmount(Vec::new());
-    s.commit("b", "l2", BTreeMap::new()).unwrap();
+    s.commit("b", "l2", BTreeMap::new(), None).unwrap();
 
     // The daemon itself mounted nothing.
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -174,7 +174,7 @@ fn mount_manager_block_mode_is_a_quota_and_commits() {
     let top = activate(&m, &tmp.path().join("a"), &mut guard);
     fs::write(top.join("base"), "b\n").unwrap();
     drop(guard);
-    s.commit("a", "l1", BTreeMap::new()).unwrap();
+    s.commit("a", "l1", BTreeMap::new(), None).unwrap();
     assert!(!root.join("snapshots/1/rwlayer.img").exists());
 
     let mut guard = Unmount(Vec::new());
@@ -193,7 +193,7 @@ fn mount_manager_block_mode_is_a_quota_and_commits() {
     fs::remove_file(top.join("big")).unwrap();
     fs::write(top.join("child"), "c\n").unwrap();
     drop(guard);
-    s.commit("b", "l2", BTreeMap::new()).unwrap();
+    s.commit("b", "l2", BTreeMap::new(), None).unwrap();
 
     let mut guard = Unmount(Vec::new());
     let v = s.view("v", Some("l2"), BTreeMap::new()).unwrap();

@@ -39,7 +39,7 @@ fn start_up_reclaims_crash_leftovers_and_keeps_real_snapshots() {
     assert_eq!(fs::read_to_string(snaps.join("1/fs/f")).unwrap(), "x");
     assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0);
     // The snapshot still works end to end.
-    s.commit("a", "base", BTreeMap::new()).unwrap();
+    s.commit("a", "base", BTreeMap::new(), None).unwrap();
     assert!(snaps.join("1/layer.erofs").exists());
 }
 

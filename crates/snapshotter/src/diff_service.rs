@@ -1,0 +1,193 @@
+//! containerd's `Diff` gRPC service: Apply writes a layer blob from
+//! containerd's content store into one of our snapshots as `layer.erofs`.
+//! Mounts that are not ours get Unimplemented, which makes containerd's
+//! diff service try its next differ.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
+use proto::errdefs::{ErrorKind, status};
+use proto::tonic::{Request, Response, Status};
+use proto::types::Descriptor;
+
+use crate::content::{ContentError, ContentSource};
+use crate::differ::{self, ApplyError, ApplyOptions, Blob};
+use crate::metrics::{self, Metrics};
+use crate::mounts::MountSpec;
+use crate::snapshotter::Snapshotter;
+
+pub struct DiffService {
+    snapshots: Arc<Snapshotter>,
+    content: ContentSource,
+    opts: ApplyOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl DiffService {
+    pub fn new(
+        snapshots: Arc<Snapshotter>,
+        content: ContentSource,
+        opts: ApplyOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        DiffService {
+            snapshots,
+            content,
+            opts,
+            metrics,
+        }
+    }
+
+    async fn apply_inner(&self, req: Request<ApplyRequest>) -> Result<ApplyResponse, Status> {
+        let ns = proto::metadata::namespace(&req)
+            .ok_or_else(|| status(ErrorKind::InvalidArgument, "apply without a namespace"))?
+            .to_string();
+        let r = req.into_inner();
+        let desc = r
+            .diff
+            .ok_or_else(|| status(ErrorKind::InvalidArgument, "apply without a descriptor"))?;
+        let mounts: Vec<MountSpec> = r
+            .mounts
+            .into_iter()
+            .map(|m| MountSpec {
+                kind: m.r#type,
+                source: m.source.into(),
+                options: m.options,
+            })
+            .collect();
+        let snaps = self.snapshots.clone();
+        let dir = tokio::task::spawn_blocking(move || snaps.apply_target(&mounts))
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?
+            .map_err(|e| status(ErrorKind::Internal, e.to_string()))?
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::Unimplemented,
+                    "mounts are not an active erofs-snapshotter snapshot",
+                )
+            })?;
+        if !r.payloads.is_empty() {
+            let names: Vec<&String> = r.payloads.keys().collect();
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "layer {}: stream processor payloads {names:?} (e.g. decryption) are not supported",
+                    desc.digest
+                ),
+            ));
+        }
+        let blob = Blob {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: u64::try_from(desc.size).unwrap_or(0),
+        };
+        // Refuse before fetching anything.
+        differ::classify(&blob.media_type).map_err(apply_status)?;
+        let input = self
+            .content
+            .open(&ns, &blob.digest, tokio::runtime::Handle::current())
+            .await
+            .map_err(content_status)?;
+        let opts = self.opts.clone();
+        let sync_fs = r.sync_fs;
+        let applied = tokio::task::spawn_blocking(move || {
+            let applied = differ::apply(&dir, &blob, input, &opts)?;
+            if sync_fs {
+                // containerd's sync_fs: the whole filesystem, not just our
+                // file (which apply already fsynced).
+                let f = std::fs::File::open(&dir).map_err(|source| ApplyError::Io {
+                    what: "opening",
+                    path: dir.clone(),
+                    source,
+                })?;
+                rustix::fs::syncfs(&f).map_err(|e| ApplyError::Io {
+                    what: "syncfs",
+                    path: dir.clone(),
+                    source: e.into(),
+                })?;
+            }
+            Ok::<_, ApplyError>(applied)
+        })
+        .await
+        .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?
+        .map_err(apply_status)?;
+        let mut fields = vec![
+            ("layer", desc.digest.clone()),
+            ("diff_id", applied.digest.clone()),
+        ];
+        fields.extend(metrics::apply_fields(&applied.timings));
+        metrics::log("apply", &fields);
+        self.metrics.applied(&applied.timings);
+        Ok(ApplyResponse {
+            applied: Some(Descriptor {
+                media_type: applied.media_type,
+                digest: applied.digest,
+                size: i64::try_from(applied.size).unwrap_or(i64::MAX),
+                annotations: Default::default(),
+            }),
+        })
+    }
+}
+
+/// The whole error chain, since containerd shows only this string.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn apply_status(e: ApplyError) -> Status {
+    let kind = if e.is_invalid_input() {
+        ErrorKind::InvalidArgument
+    } else {
+        ErrorKind::Internal
+    };
+    status(kind, chain(&e))
+}
+
+fn content_status(e: ContentError) -> Status {
+    let kind = match &e {
+        ContentError::Connect { .. } => ErrorKind::Unavailable,
+        ContentError::BadDigest(_) => ErrorKind::InvalidArgument,
+        ContentError::Read { source, .. } => {
+            ErrorKind::from_code(source.code()).unwrap_or(ErrorKind::Unavailable)
+        }
+    };
+    status(kind, chain(&e))
+}
+
+#[proto::async_trait]
+impl proto::diff::Diff for DiffService {
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let start = Instant::now();
+        let result = self.apply_inner(req).await;
+        if let Err(s) = &result {
+            // Not ours: containerd moves on to its next differ; not a
+            // failure worth counting.
+            if s.code() != proto::tonic::Code::Unimplemented {
+                self.metrics.apply_failed(&format!("{:?}", s.code()));
+                metrics::log(
+                    "apply failed",
+                    &[
+                        ("error", s.message().to_string()),
+                        (
+                            "total_ms",
+                            format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
+                        ),
+                    ],
+                );
+            }
+        }
+        result.map(Response::new)
+    }
+
+    async fn diff(&self, _req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        Err(status(ErrorKind::Unimplemented, "diff is not served yet"))
+    }
+}
