@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod merge;
 mod serve;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Validate an untrusted image against every structural rule.
     Fsck(inspect::FsckArgs),
+    /// Merge layer images (oldest first) into one metadata-only image for
+    /// VM mode, optionally with a VMDK descriptor of fsmeta plus layers.
+    Merge(merge::Args),
     /// Serve containerd's Snapshots API on a unix socket (a proxy plugin).
     Serve(serve::Args),
 }
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Fsck(a) => inspect::fsck(a),
+        Command::Merge(a) => merge::run(a),
         Command::Serve(a) => serve::run(a),
     };
     match result {
