@@ -148,6 +148,12 @@ disabled_plugins = [
   snapshotter = "$snapshotter"
   differ = "$snapshotter-diff"
 
+# Client-side unpack (ctr run of an image not unpacked yet) and Compare
+# (ctr snapshots diff) go through the diff service, which tries these in
+# order; ours answers NotImplemented for mounts that are not its own.
+[plugins."io.containerd.service.v1.diff-service"]
+  default = ["$snapshotter-diff", "walking"]
+
 # One daemon, one socket, two services.
 [proxy_plugins.$snapshotter]
   type = "snapshot"
@@ -188,6 +194,18 @@ echo "==> ctr run --rm --snapshotter $snapshotter $image"
 ctr_ run --rm --snapshotter "$snapshotter" --fifo-dir "$ctd/fifo" --runc-root "$ctd/runc" \
     "$image" demo /bin/sh -c \
     'uname -sr; cat /etc/motd; ls /etc/doomed 2>&1; ls /var; ls /opt/old; echo ok'
+
+echo "==> Compare: a container changes files; its upper becomes an OCI layer in containerd's content store"
+ctr_ run --snapshotter "$snapshotter" --fifo-dir "$ctd/fifo" --runc-root "$ctd/runc" \
+    "$image" changed /bin/sh -c 'echo changed >/etc/motd; rm /var/kept; mkdir /new; echo hi >/new/file'
+ctr_ tasks rm changed >/dev/null 2>&1 || true
+ctr_ snapshots --snapshotter "$snapshotter" diff --keep changed >"$ctd/changed.tar.gz"
+diff_digest=sha256:$(sha256sum "$ctd/changed.tar.gz" | cut -d' ' -f1)
+grep 'msg=compare' "$ctd/snapshotter.log"
+echo "layer $diff_digest (.wh.kept deletes /var/kept):"
+tar -tzv --numeric-owner -f "$ctd/changed.tar.gz"
+ctr_ containers rm changed
+ctr_ content rm "$diff_digest"
 
 echo "==> remove the image; containerd's GC removes the snapshots"
 ctr_ images rm --sync "$image"

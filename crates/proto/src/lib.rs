@@ -109,6 +109,7 @@ pub mod diff {
 /// blobs from containerd (a proxy differ receives no content bytes).
 pub mod content {
     pub use containerd_client::services::v1::{
-        Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse, content_client,
+        Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse, WriteAction,
+        WriteContentRequest, WriteContentResponse, content_client,
     };
 }

@@ -20,6 +20,29 @@ pub fn namespace<T>(req: &Request<T>) -> Option<&str> {
     req.metadata().get(NAMESPACE_KEY)?.to_str().ok()
 }
 
+/// The metadata key of the lease a client holds (`leases.GRPCHeader`):
+/// content written on its behalf must be written under the same lease, or
+/// containerd's garbage collector may delete it before the client refers
+/// to it.
+pub const LEASE_KEY: &str = "containerd-lease";
+
+/// The lease an incoming request was made under, if any.
+pub fn lease<T>(req: &Request<T>) -> Option<&str> {
+    req.metadata().get(LEASE_KEY)?.to_str().ok()
+}
+
+/// Add lease `id` to an outgoing request.
+pub fn set_lease<T>(req: &mut Request<T>, id: &str) -> Result<(), tonic::Status> {
+    let value = MetadataValue::try_from(id).map_err(|_| {
+        status(
+            ErrorKind::InvalidArgument,
+            format!("lease {id:?} is not a valid gRPC metadata value"),
+        )
+    })?;
+    req.metadata_mut().insert(LEASE_KEY, value);
+    Ok(())
+}
+
 /// Wrap `msg` in a request carrying namespace `ns`.
 ///
 /// Fails with InvalidArgument if `ns` cannot be a metadata value (for
@@ -45,6 +68,10 @@ mod tests {
         let req = with_namespace((), "k8s.io")?;
         assert_eq!(namespace(&req), Some("k8s.io"));
         assert_eq!(namespace(&Request::new(())), None);
+        let mut req = with_namespace((), "default")?;
+        set_lease(&mut req, "lease-1")?;
+        assert_eq!(lease(&req), Some("lease-1"));
+        assert_eq!(namespace(&req), Some("default"));
         Ok(())
     }
 

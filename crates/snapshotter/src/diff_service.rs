@@ -1,7 +1,9 @@
-//! containerd's `Diff` gRPC service: Apply writes a layer blob from
+//! containerd's `Diff` gRPC service. Apply writes a layer blob from
 //! containerd's content store into one of our snapshots as `layer.erofs`.
-//! Mounts that are not ours get Unimplemented, which makes containerd's
-//! diff service try its next differ.
+//! Compare (the `Diff` RPC) exports an active snapshot's overlay upper as
+//! an OCI layer into containerd's content store. Mounts that are not ours
+//! get Unimplemented, which makes containerd's diff service try its next
+//! differ.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use proto::errdefs::{ErrorKind, status};
 use proto::tonic::{Request, Response, Status};
 use proto::types::Descriptor;
 
-use crate::content::{ContentError, ContentSource};
+use crate::content::{ContentError, ContentSource, UploadTarget};
 use crate::differ::{self, ApplyError, ApplyOptions, Blob};
 use crate::metrics::{self, Metrics};
 use crate::mounts::MountSpec;
@@ -47,15 +49,7 @@ impl DiffService {
         let desc = r
             .diff
             .ok_or_else(|| status(ErrorKind::InvalidArgument, "apply without a descriptor"))?;
-        let mounts: Vec<MountSpec> = r
-            .mounts
-            .into_iter()
-            .map(|m| MountSpec {
-                kind: m.r#type,
-                source: m.source.into(),
-                options: m.options,
-            })
-            .collect();
+        let mounts = mount_specs(r.mounts);
         let snaps = self.snapshots.clone();
         let dir = tokio::task::spawn_blocking(move || snaps.apply_target(&mounts))
             .await
@@ -130,6 +124,121 @@ impl DiffService {
     }
 }
 
+impl DiffService {
+    /// Compare: the active snapshot's overlay upper, exported as an OCI
+    /// layer straight into containerd's content store.
+    async fn compare_inner(&self, req: Request<DiffRequest>) -> Result<DiffResponse, Status> {
+        let namespace = proto::metadata::namespace(&req)
+            .ok_or_else(|| status(ErrorKind::InvalidArgument, "diff without a namespace"))?
+            .to_string();
+        let lease = proto::metadata::lease(&req).map(str::to_string);
+        let r = req.into_inner();
+        let layer_type = layer::export::layer_media_type(&r.media_type).map_err(|e| {
+            // The walking differ supports the same types; let it say so.
+            status(ErrorKind::Unimplemented, e.to_string())
+        })?;
+        let (left, right) = (mount_specs(r.left), mount_specs(r.right));
+        let snaps = self.snapshots.clone();
+        let upper = tokio::task::spawn_blocking(move || snaps.compare_upper(&left, &right))
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?
+            .map_err(|e| status(ErrorKind::Internal, chain(&e)))?
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::Unimplemented,
+                    "mounts are not an erofs-snapshotter snapshot over its own parents",
+                )
+            })?;
+        let reference = if r.r#ref.is_empty() {
+            format!(
+                "erofs-snapshotter-compare-{}-{}",
+                std::process::id(),
+                start_nanos()
+            )
+        } else {
+            r.r#ref.clone()
+        };
+        let target = UploadTarget {
+            namespace,
+            lease,
+            reference,
+        };
+        let (upload, task) = self.content.upload(&target).await.map_err(content_status)?;
+        let opts = layer::export::ExportOptions {
+            compression: layer_type.compression,
+            source_date_epoch: r.source_date_epoch.map(|t| t.seconds),
+        };
+        let mut labels = r.labels;
+        let exported = tokio::task::spawn_blocking(move || {
+            let mut upload = upload;
+            let exported =
+                layer::export::export_layer(&upper, &mut upload, &opts).map_err(|e| {
+                    status(
+                        ErrorKind::FailedPrecondition,
+                        format!("{}: {}", upper.display(), chain(&e)),
+                    )
+                })?;
+            labels.insert(
+                "containerd.io/uncompressed".to_string(),
+                exported.diff_id.to_string(),
+            );
+            upload
+                .commit(exported.size, &exported.digest.to_string(), labels)
+                .map_err(|e| status(ErrorKind::Unavailable, e.to_string()))?;
+            Ok::<_, Status>(exported)
+        })
+        .await
+        .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?;
+        // The write's own error explains a failed export best (the channel
+        // closing is only its symptom).
+        let written = task
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?;
+        let exported = match (exported, written) {
+            (Ok(e), Ok(())) => e,
+            (_, Err(e)) => return Err(content_status(e)),
+            (Err(s), Ok(())) => return Err(s),
+        };
+        metrics::log(
+            "compare",
+            &[
+                ("digest", exported.digest.to_string()),
+                ("diff_id", exported.diff_id.to_string()),
+                ("size", exported.size.to_string()),
+                ("entries", exported.stats.entries.to_string()),
+                ("whiteouts", exported.stats.whiteouts.to_string()),
+            ],
+        );
+        Ok(DiffResponse {
+            diff: Some(Descriptor {
+                media_type: layer_type.media_type.to_string(),
+                digest: exported.digest.to_string(),
+                size: i64::try_from(exported.size).unwrap_or(i64::MAX),
+                annotations: Default::default(),
+            }),
+        })
+    }
+}
+
+fn mount_specs(mounts: Vec<proto::types::Mount>) -> Vec<MountSpec> {
+    mounts
+        .into_iter()
+        .map(|m| MountSpec {
+            kind: m.r#type,
+            source: m.source.into(),
+            options: m.options,
+        })
+        .collect()
+}
+
+/// Nanoseconds since the epoch, to make ingest references unique.
+fn start_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
 /// The whole error chain, since containerd shows only this string.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
@@ -155,7 +264,7 @@ fn content_status(e: ContentError) -> Status {
     let kind = match &e {
         ContentError::Connect { .. } => ErrorKind::Unavailable,
         ContentError::BadDigest(_) => ErrorKind::InvalidArgument,
-        ContentError::Read { source, .. } => {
+        ContentError::Read { source, .. } | ContentError::Write { source, .. } => {
             ErrorKind::from_code(source.code()).unwrap_or(ErrorKind::Unavailable)
         }
     };
@@ -187,7 +296,22 @@ impl proto::diff::Diff for DiffService {
         result.map(Response::new)
     }
 
-    async fn diff(&self, _req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
-        Err(status(ErrorKind::Unimplemented, "diff is not served yet"))
+    async fn diff(&self, req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let start = Instant::now();
+        let result = self.compare_inner(req).await;
+        if let Err(s) = &result
+            && s.code() != proto::tonic::Code::Unimplemented
+        {
+            metrics::log("compare failed", &[("error", s.message().to_string())]);
+        }
+        self.metrics.op(
+            "compare",
+            &match &result {
+                Ok(_) => "ok".to_string(),
+                Err(s) => format!("{:?}", s.code()),
+            },
+            start.elapsed(),
+        );
+        result.map(Response::new)
     }
 }

@@ -301,6 +301,67 @@ impl Snapshotter {
         Ok(None)
     }
 
+    /// For Compare: the upper directory of the active snapshot `right`
+    /// mounts, when `left` shows exactly that snapshot's parents. The
+    /// upper then *is* the difference, whiteouts included, and no tree
+    /// walk over the lowers is needed. `None` lets the walking differ
+    /// handle any other pair.
+    pub fn compare_upper(
+        &self,
+        left: &[MountSpec],
+        right: &[MountSpec],
+    ) -> Result<Option<PathBuf>> {
+        let Some(dir) = self.apply_target(right)? else {
+            return Ok(None);
+        };
+        let Some(id) = dir.file_name().and_then(|n| Layout::parse_id(n)) else {
+            return Ok(None);
+        };
+        let ids = self.store.ids()?;
+        let Some(key) = ids.get(&id) else {
+            return Ok(None);
+        };
+        let (snap, _) = self.store.get(key)?;
+        let shown: BTreeSet<u64> = left
+            .iter()
+            .flat_map(|m| {
+                let lowers = m
+                    .options
+                    .iter()
+                    .filter_map(|o| o.strip_prefix("lowerdir="))
+                    .flat_map(|l| l.split(':'))
+                    .map(PathBuf::from);
+                std::iter::once(m.source.clone())
+                    .chain(lowers)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|p| self.layer_id(&p))
+            .collect();
+        let parents: BTreeSet<u64> = snap.parent_ids.iter().copied().collect();
+        if shown != parents {
+            return Ok(None);
+        }
+        let block = self.layout.rwlayer(id).exists();
+        if block {
+            self.ensure_rw(id)?;
+        }
+        Ok(Some(self.layout.upper(id, block)))
+    }
+
+    /// The committed layer a mount source or lowerdir entry refers to: a
+    /// layer image, or its mount point.
+    fn layer_id(&self, path: &Path) -> Option<u64> {
+        for base in [self.layout.snapshots(), self.layout.mounts()] {
+            if let Ok(rest) = path.strip_prefix(&base) {
+                return rest
+                    .components()
+                    .next()
+                    .and_then(|c| Layout::parse_id(c.as_os_str()));
+            }
+        }
+        None
+    }
+
     /// A committed snapshot that already holds extraction target `target`
     /// on `parent`: a layer this daemon unpacked before, in any namespace.
     fn find_target(&self, target: &str, parent: Option<&str>) -> Result<Option<String>> {
