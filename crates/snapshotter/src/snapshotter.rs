@@ -314,7 +314,7 @@ impl Snapshotter {
         let Some(dir) = self.apply_target(right)? else {
             return Ok(None);
         };
-        let Some(id) = dir.file_name().and_then(|n| Layout::parse_id(n)) else {
+        let Some(id) = dir.file_name().and_then(Layout::parse_id) else {
             return Ok(None);
         };
         let ids = self.store.ids()?;
