@@ -370,6 +370,38 @@ impl Mount {
         })
     }
 
+    /// An EROFS image with extra devices (a merged image's layers, oldest
+    /// first), file-backed, through the new mount API with one `device=`
+    /// parameter each: mount(2)'s one-page option string cannot name
+    /// hundreds of layers.
+    pub fn erofs_devices(image: &Path, devices: &[PathBuf], target: &Path) -> io::Result<Mount> {
+        fs::create_dir_all(target)?;
+        let opts = sys::ErofsOptions {
+            devices: devices.to_vec(),
+            ..Default::default()
+        };
+        let kind = sys::mount_erofs(image, target, &opts).map_err(io::Error::other)?;
+        let m = Mount {
+            target: target.to_path_buf(),
+        };
+        if kind != sys::MountKind::FileBacked {
+            return Err(io::Error::other(format!(
+                "expected a file-backed mount, got {kind:?}"
+            )));
+        }
+        Ok(m)
+    }
+
+    /// A read-only overlayfs of any number of `lowers` (topmost first, up
+    /// to overlayfs's 500), one `lowerdir+` each on Linux 6.8+.
+    pub fn overlay_many(lowers: &[PathBuf], target: &Path) -> io::Result<Mount> {
+        fs::create_dir_all(target)?;
+        sys::mount_overlay(target, lowers, None, &[]).map_err(io::Error::other)?;
+        Ok(Mount {
+            target: target.to_path_buf(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.target
     }
