@@ -27,6 +27,10 @@ pub struct Args {
     /// `containerd_address`.
     #[arg(long)]
     containerd_address: Option<PathBuf>,
+    /// `host` (runc) or `vm` (VM runtimes: raw image paths, no host
+    /// mounts for containers); overrides `mode`.
+    #[arg(long)]
+    mode: Option<snapshotter::config::Mode>,
     /// `host:port` of a Prometheus endpoint; overrides `metrics_address`.
     #[arg(long)]
     metrics_address: Option<String>,
@@ -46,6 +50,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(a) = args.containerd_address {
         cfg.containerd_address = a;
     }
+    if let Some(m) = args.mode {
+        cfg.mode = m;
+    }
     if let Some(a) = args.metrics_address {
         cfg.metrics_address = Some(a);
     }
@@ -59,6 +66,7 @@ pub fn run(args: Args) -> Result<()> {
         enable_fsverity: cfg.enable_fsverity,
         default_size: cfg.default_size,
         mount_mode: cfg.mount_mode,
+        mode: cfg.mode,
     })
     .with_context(|| format!("opening {}", cfg.root_path.display()))?;
     let core = Arc::new(core);

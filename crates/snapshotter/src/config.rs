@@ -18,9 +18,38 @@ pub enum MountMode {
     MountManager,
 }
 
+/// Who runs the containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// runc/crun on this host: overlay mounts over mounted layers.
+    #[default]
+    Host,
+    /// A VM runtime (Kata, QEMU): raw image paths, no host mounts for
+    /// containers; an ext4 image as each container's writable layer.
+    Vm,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "host" => Ok(Mode::Host),
+            "vm" => Ok(Mode::Vm),
+            _ => Err(format!("mode {s:?}: expected \"host\" or \"vm\"")),
+        }
+    }
+}
+
+/// The writable layer of a VM-mode container when `default_size` is 0.
+pub const VM_DEFAULT_SIZE: u64 = 64 << 20;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default = "default_root")]
     pub root_path: PathBuf,
     #[serde(default = "default_address")]
@@ -74,6 +103,7 @@ fn default_address() -> PathBuf {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            mode: Mode::default(),
             root_path: default_root(),
             address: default_address(),
             mount_mode: MountMode::default(),
@@ -143,5 +173,10 @@ mod tests {
         assert!(toml::from_str::<Config>("nope = 1").is_err());
         let c: Config = toml::from_str(r#"mount_mode = "mount-manager""#).unwrap();
         assert_eq!(c.mount_mode, MountMode::MountManager);
+        let c: Config = toml::from_str(r#"mode = "vm""#).unwrap();
+        assert_eq!(c.mode, Mode::Vm);
+        assert!(toml::from_str::<Config>(r#"mode = "guest""#).is_err());
+        assert_eq!("vm".parse::<Mode>(), Ok(Mode::Vm));
+        assert!("VM".parse::<Mode>().is_err());
     }
 }

@@ -21,17 +21,13 @@ use layer::convert::{ConvertError, ConvertOptions, stream_tar};
 use layer::digest::Digest;
 use layer::pipeline;
 
-use crate::layout::BLOB;
+use crate::layout::{BLOB, TEMP_PREFIX};
 
 /// The media type Apply returns for a tar layer: the descriptor of the
 /// uncompressed stream, whose digest is the diffID.
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// Layers that already are EROFS images (containerd's constant).
 pub const MEDIA_TYPE_EROFS: &str = "application/vnd.erofs.layer.v1.erofs";
-
-/// Prefix of the temporary image Apply writes; the same as Commit's, so
-/// the start-up scan deletes what a killed Apply left.
-pub const TEMP_PREFIX: &str = ".layer-";
 
 /// What a descriptor's media type says the blob is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

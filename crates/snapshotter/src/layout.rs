@@ -26,6 +26,10 @@ pub const MARKER: &str = ".erofslayer";
 pub const BLOB: &str = "layer.erofs";
 /// Prefix of directories being created.
 pub const NEW_PREFIX: &str = "new-";
+/// Prefix of temporary files inside a snapshot directory (an image being
+/// written by Commit or Apply, a fsmeta being merged); the start-up scan
+/// deletes them.
+pub const TEMP_PREFIX: &str = ".layer-";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -69,6 +73,31 @@ impl Layout {
     /// (`default_size`) active snapshot.
     pub fn rwlayer(&self, id: u64) -> PathBuf {
         self.snapshot(id).join("rwlayer.img")
+    }
+
+    /// VM mode: the metadata image merging the chain that ends with layer
+    /// `id` (see [`erofs::merge`]), kept in the top layer's directory so it
+    /// goes away with it.
+    pub fn fsmeta(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("fsmeta.erofs")
+    }
+
+    /// VM mode: the VMDK descriptor presenting fsmeta and the layers as
+    /// one disk.
+    pub fn vmdk(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("merged.vmdk")
+    }
+
+    /// VM mode: the layer paths of the disk, oldest first.
+    pub fn manifest(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("layers.manifest")
+    }
+
+    /// VM mode: written instead of fsmeta when the chain cannot be merged
+    /// (it says why), so that the chain is mounted layer by layer every
+    /// time rather than changing shape later.
+    pub fn fsmeta_refused(&self, id: u64) -> PathBuf {
+        self.snapshot(id).join("fsmeta.refused")
     }
 
     /// With the mount manager, the image is created by containerd on

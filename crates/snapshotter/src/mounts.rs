@@ -154,6 +154,49 @@ pub fn manager_mounts(
     Ok(out)
 }
 
+/// VM mode (vm-mode.md section 2): nothing for the host to mount, raw
+/// files for a VM runtime to attach as disks. Lowers are one `erofs`
+/// mount: the layer itself, or with `merged` the chain's fsmeta with
+/// `device=` options oldest first; without `merged` (a chain that cannot
+/// be merged), one `erofs` mount per layer, newest first as overlay
+/// stacks them. An active snapshot adds its ext4 writable layer, last.
+pub fn vm_mounts(
+    layout: &Layout,
+    id: u64,
+    kind: Kind,
+    parents: &[u64],
+    merged: bool,
+) -> Result<Vec<MountSpec>, MountError> {
+    let ro = read_only(kind)?;
+    let mut out = match parents {
+        [] if ro => vec![bind_mount(layout.fs(id), true)],
+        [] => Vec::new(),
+        [top, ..] if merged && parents.len() > 1 => {
+            let mut options = vec!["ro".to_string(), "loop".to_string()];
+            options.extend(
+                parents
+                    .iter()
+                    .rev()
+                    .map(|p| format!("device={}", layout.blob(*p).display())),
+            );
+            vec![MountSpec {
+                kind: "erofs".into(),
+                source: layout.fsmeta(*top),
+                options,
+            }]
+        }
+        _ => parents.iter().map(|p| erofs_mount(layout, *p)).collect(),
+    };
+    if !ro {
+        out.push(MountSpec {
+            kind: "ext4".into(),
+            source: layout.rwlayer(id),
+            options: vec!["rw".into(), "loop".into()],
+        });
+    }
+    Ok(out)
+}
+
 /// `lowerdir=` over `count` layer mounts starting at mount `first`.
 fn lowerdir(first: usize, count: usize) -> String {
     if count == 1 {

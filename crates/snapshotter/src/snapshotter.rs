@@ -21,9 +21,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::config::MountMode;
+use crate::config::{Mode, MountMode, VM_DEFAULT_SIZE};
 use crate::filters::{self, Fields};
-use crate::layout::{Layout, NEW_PREFIX};
+use crate::layout::{Layout, NEW_PREFIX, TEMP_PREFIX};
 use crate::mounts::{self, MountError, MountSpec};
 use crate::store::{Info, Kind, Store, StoreError, Usage};
 
@@ -43,6 +43,8 @@ pub struct Config {
     pub default_size: u64,
     /// Who mounts the layers: the daemon, or containerd's mount manager.
     pub mount_mode: crate::config::MountMode,
+    /// Host (runc) or VM runtimes.
+    pub mode: Mode,
 }
 
 /// Every way a snapshot operation can fail, classified for the caller.
@@ -154,6 +156,8 @@ pub struct Snapshotter {
     /// Serializes self-mount bookkeeping so that two requests never mount
     /// the same layer twice or unmount one another's lowers.
     lowers: Mutex<()>,
+    /// Serializes fsmeta builds, so one chain is merged once.
+    fsmeta: Mutex<()>,
 }
 
 /// Set by containerd on every extraction Prepare (and kept at Commit): the
@@ -180,6 +184,7 @@ impl Snapshotter {
             store,
             cfg,
             lowers: Mutex::new(()),
+            fsmeta: Mutex::new(()),
         };
         s.recover(true)?;
         Ok(s)
@@ -221,7 +226,18 @@ impl Snapshotter {
             ))
             .into());
         }
-        let block = kind == Kind::Active && self.cfg.default_size > 0;
+        // VM mode gives containers an ext4 image for the VM to attach;
+        // extraction snapshots keep the host shape, so that any differ can
+        // write into them.
+        let extract = kind == Kind::Active
+            && (labels.contains_key(TARGET_LABEL)
+                || key
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|b| b.starts_with("extract-")));
+        let vm_container = self.cfg.mode == Mode::Vm && kind == Kind::Active && !extract;
+        let block = vm_container
+            || (kind == Kind::Active && self.cfg.default_size > 0 && self.cfg.mode == Mode::Host);
         let tmp = tempfile::Builder::new()
             .prefix(NEW_PREFIX)
             .tempdir_in(self.layout.snapshots())
@@ -232,7 +248,13 @@ impl Snapshotter {
         if kind == Kind::Active {
             let marker = tmp.path().join(crate::layout::MARKER);
             fs::write(&marker, b"").map_err(io_err("creating", &marker))?;
-            if block && self.cfg.mount_mode == MountMode::MountManager {
+            if vm_container {
+                let size = match self.cfg.default_size {
+                    0 => VM_DEFAULT_SIZE,
+                    n => n,
+                };
+                make_ext4(&tmp.path().join("rwlayer.img"), size)?;
+            } else if block && self.cfg.mount_mode == MountMode::MountManager {
                 // containerd formats the image when it first mounts it.
                 let quota = tmp.path().join("rwlayer.size");
                 fs::write(&quota, self.cfg.default_size.to_string())
@@ -301,6 +323,91 @@ impl Snapshotter {
         Ok(None)
     }
 
+    /// VM mode: make sure the chain `parents` (top first) has its merged
+    /// metadata image, VMDK descriptor and layers.manifest, built on first
+    /// use and then kept, so the chain's mounts never change shape. False
+    /// when the chain is a single layer or cannot be merged (tar-index or
+    /// inline-data layers): it is then mounted layer by layer, always.
+    fn ensure_fsmeta(&self, parents: &[u64]) -> Result<bool> {
+        let &[top, _, ..] = parents else {
+            return Ok(false);
+        };
+        let _guard = self.fsmeta.lock().unwrap_or_else(|p| p.into_inner());
+        let fsmeta = self.layout.fsmeta(top);
+        if fsmeta.exists() {
+            return Ok(true);
+        }
+        let refused = self.layout.fsmeta_refused(top);
+        if refused.exists() {
+            return Ok(false);
+        }
+        let start = std::time::Instant::now();
+        let dir = self.layout.snapshot(top);
+        let blobs: Vec<PathBuf> = parents.iter().rev().map(|p| self.layout.blob(*p)).collect();
+        let files = blobs
+            .iter()
+            .map(|b| fs::File::open(b).map_err(io_err("opening", b)))
+            .collect::<Result<Vec<_>>>()?;
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&dir)
+            .map_err(io_err("creating a temporary file in", &dir))?;
+        let out = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
+        let merge_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Convert {
+            path: dir.clone(),
+            source: e,
+        };
+        let (file, summary) = match erofs::merge::build(&files, out) {
+            Ok(built) => built,
+            Err(
+                e @ (erofs::merge::MergeError::Incompatible { .. }
+                | erofs::merge::MergeError::TooManyLayers { .. }),
+            ) => {
+                let why = e.to_string();
+                crate::metrics::log(
+                    "fsmeta refused",
+                    &[("top", top.to_string()), ("reason", why.clone())],
+                );
+                fs::write(&refused, format!("{why}\n")).map_err(io_err("writing", &refused))?;
+                return Ok(false);
+            }
+            Err(e) => return Err(merge_err(Box::new(e))),
+        };
+        let layers = blobs
+            .iter()
+            .zip(&files)
+            .map(|(b, f)| Ok((b.clone(), f.metadata().map_err(io_err("stat", b))?.len())))
+            .collect::<Result<Vec<_>>>()?;
+        let vmdk = erofs::vmdk::descriptor(&fsmeta, summary.image.image_bytes, &layers)
+            .map_err(|e| merge_err(Box::new(e)))?;
+        let manifest = erofs::vmdk::layers_manifest(&blobs).map_err(|e| merge_err(Box::new(e)))?;
+        // Descriptor and manifest first: fsmeta's presence says all three
+        // are complete.
+        write_durably(&dir, &self.layout.vmdk(top), vmdk.as_bytes())?;
+        write_durably(&dir, &self.layout.manifest(top), manifest.as_bytes())?;
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("chmod", tmp.path()))?;
+        file.sync_all().map_err(io_err("fsync", tmp.path()))?;
+        tmp.persist(&fsmeta)
+            .map_err(|e| io_err("renaming into", &fsmeta)(e.error))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &dir))?;
+        crate::metrics::log(
+            "fsmeta",
+            &[
+                ("top", top.to_string()),
+                ("layers", parents.len().to_string()),
+                ("bytes", summary.image.image_bytes.to_string()),
+                (
+                    "build_ms",
+                    format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
+                ),
+            ],
+        );
+        Ok(true)
+    }
+
     /// For Compare: the upper directory of the active snapshot `right`
     /// mounts, when `left` shows exactly that snapshot's parents. The
     /// upper then *is* the difference, whiteouts included, and no tree
@@ -325,11 +432,13 @@ impl Snapshotter {
         let shown: BTreeSet<u64> = left
             .iter()
             .flat_map(|m| {
+                // Overlay lowers, or in VM mode fsmeta's devices.
                 let lowers = m
                     .options
                     .iter()
                     .filter_map(|o| o.strip_prefix("lowerdir="))
                     .flat_map(|l| l.split(':'))
+                    .chain(m.options.iter().filter_map(|o| o.strip_prefix("device=")))
                     .map(PathBuf::from);
                 std::iter::once(m.source.clone())
                     .chain(lowers)
@@ -435,7 +544,7 @@ impl Snapshotter {
     /// mounted: the lower layers, and a size-limited upper. With the
     /// mount manager, containerd mounts everything itself.
     fn activate(&self, id: u64, kind: Kind, parents: &[u64], block: bool) -> Result<()> {
-        if self.cfg.mount_mode == MountMode::MountManager {
+        if self.cfg.mount_mode == MountMode::MountManager || self.vm_shape(kind, block) {
             return Ok(());
         }
         self.ensure_lowers(parents)?;
@@ -445,6 +554,12 @@ impl Snapshotter {
         Ok(())
     }
 
+    /// Whether a snapshot gets VM-mode mounts: views, and active
+    /// snapshots with an ext4 writable layer (not extraction snapshots).
+    fn vm_shape(&self, kind: Kind, block: bool) -> bool {
+        self.cfg.mode == Mode::Vm && (kind == Kind::View || (kind == Kind::Active && block))
+    }
+
     fn mount_specs(
         &self,
         id: u64,
@@ -452,6 +567,15 @@ impl Snapshotter {
         parents: &[u64],
         block: bool,
     ) -> Result<Vec<MountSpec>> {
+        if self.vm_shape(kind, block) {
+            // The chain's extraction snapshots needed its layers mounted
+            // on the host (for fallback differs); containers never do, so
+            // once one is made they can go. Not at each extraction commit:
+            // the next layer's extraction would mount them all again.
+            self.release_lowers()?;
+            let merged = self.ensure_fsmeta(parents)?;
+            return Ok(mounts::vm_mounts(&self.layout, id, kind, parents, merged)?);
+        }
         let ovl = &self.cfg.ovl_mount_options;
         Ok(match self.cfg.mount_mode {
             MountMode::SelfMount => mounts::mounts(&self.layout, id, kind, parents, block, ovl)?,
@@ -520,7 +644,10 @@ impl Snapshotter {
         let mut needed = BTreeSet::new();
         for key in keys {
             if let Ok((snap, _)) = self.store.get(&key) {
-                needed.extend(snap.parent_ids);
+                let block = self.layout.rwlayer(snap.id).exists();
+                if !self.vm_shape(snap.kind, block) {
+                    needed.extend(snap.parent_ids);
+                }
             }
         }
         Ok(needed)
@@ -620,7 +747,7 @@ impl Snapshotter {
             source,
         };
         let tmp = tempfile::Builder::new()
-            .prefix(COMMIT_TEMP_PREFIX)
+            .prefix(TEMP_PREFIX)
             .tempfile_in(&dir)
             .map_err(io_err("creating a temporary file in", &dir))?;
         let file = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
@@ -766,23 +893,35 @@ impl Snapshotter {
     }
 }
 
-/// Prefix of the temporary image a commit writes before renaming it to
-/// `layer.erofs`.
-const COMMIT_TEMP_PREFIX: &str = ".layer-";
-
 /// Delete temporary images that a commit killed mid-way left in a
 /// snapshot directory.
 fn remove_commit_temps(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(COMMIT_TEMP_PREFIX)
-            {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 let _ = fs::remove_file(e.path());
             }
         }
     }
+}
+
+/// Write a small file through a temporary file and rename (fsynced, so
+/// the rename never exposes an empty file after a crash).
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    io::Write::write_all(&mut tmp, bytes).map_err(io_err("writing", tmp.path()))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(io_err("chmod", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("fsync", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("renaming into", path)(e.error))?;
+    Ok(())
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<()> {
