@@ -237,3 +237,86 @@ async fn sigterm_and_socket_mode() {
     assert!(status.success(), "{status:?}");
     assert!(!d.sock.exists());
 }
+
+/// Parallel unpack and remote-snapshot dedupe as containerd drives them:
+/// a parentless extraction committed onto a parent (`rebase`, Commit's
+/// field 5), and a second extraction of an already unpacked target
+/// answered with AlreadyExists, which containerd then finds by label and
+/// parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebase_and_already_unpacked_targets() {
+    if !prereqs() {
+        return;
+    }
+    let tmp = tempdir();
+    let d = Daemon::start(tmp.path(), MountMode::SelfMount);
+    let mut c = d.client().await;
+    const REF: &str = "containerd.io/snapshot.ref";
+
+    // Both layers extracted without a parent, as parallel unpack does.
+    for (key, file) in [("ns/1/extract-a", "a"), ("ns/2/extract-b", "b")] {
+        let target = format!("sha256:{file}");
+        let m = prepare(&mut c, key, "", &[(REF, &target)]).await.unwrap();
+        let g = mount_all(&m, &tmp.path().join(file));
+        fs::write(g.0.join(file), file).unwrap();
+    }
+    commit(
+        &mut c,
+        "ns/1/extract-a",
+        "ns/3/chain-a",
+        &[(REF, "sha256:a")],
+    )
+    .await
+    .unwrap();
+    c.commit(CommitSnapshotRequest {
+        key: "ns/2/extract-b".into(),
+        name: "ns/4/chain-b".into(),
+        labels: [(REF.to_string(), "sha256:b".to_string())].into(),
+        parent: "ns/3/chain-a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        stat(&mut c, "ns/4/chain-b").await.unwrap().parent,
+        "ns/3/chain-a"
+    );
+    let m = view(&mut c, "ns/5/v", "ns/4/chain-b", &[]).await.unwrap();
+    {
+        let g = mount_all(&m, &tmp.path().join("v"));
+        assert_eq!(fs::read_to_string(g.0.join("a")).unwrap(), "a");
+        assert_eq!(fs::read_to_string(g.0.join("b")).unwrap(), "b");
+    }
+    remove(&mut c, "ns/5/v").await.unwrap();
+
+    // Another namespace extracting the same targets: already there.
+    assert_eq!(
+        code(prepare(&mut c, "other/6/extract-a", "", &[(REF, "sha256:a")]).await),
+        Code::AlreadyExists
+    );
+    let found = list(
+        &mut c,
+        &["labels.\"containerd.io/snapshot.ref\"==sha256:a,parent==\"\""],
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].name, "ns/3/chain-a");
+    assert_eq!(
+        code(
+            prepare(
+                &mut c,
+                "other/7/extract-b",
+                "ns/3/chain-a",
+                &[(REF, "sha256:b")]
+            )
+            .await
+        ),
+        Code::AlreadyExists
+    );
+    // The same target on another parent is a different layer stack.
+    prepare(&mut c, "other/8/extract-b", "", &[(REF, "sha256:b")])
+        .await
+        .unwrap();
+    remove(&mut c, "other/8/extract-b").await.unwrap();
+}
