@@ -172,12 +172,13 @@ impl DiffService {
         let exported = tokio::task::spawn_blocking(move || {
             let mut upload = upload;
             let exported =
-                layer::export::export_layer(&upper, &mut upload, &opts).map_err(|e| {
+                layer::export::export_layer(&upper.path, &mut upload, &opts).map_err(|e| {
                     status(
                         ErrorKind::FailedPrecondition,
-                        format!("{}: {}", upper.display(), chain(&e)),
+                        format!("{}: {}", upper.path.display(), chain(&e)),
                     )
                 })?;
+            drop(upper);
             labels.insert(
                 "containerd.io/uncompressed".to_string(),
                 exported.diff_id.to_string(),

@@ -160,6 +160,23 @@ pub struct Snapshotter {
     fsmeta: Mutex<()>,
 }
 
+/// An upper directory to read, mounted for the purpose if it lives in a
+/// VM container's ext4 image; unmounted on drop.
+pub struct Upper {
+    pub path: PathBuf,
+    unmount: Option<PathBuf>,
+}
+
+impl Drop for Upper {
+    fn drop(&mut self) {
+        if let Some(rw) = self.unmount.take()
+            && let Err(e) = sys::unmount(&rw, false)
+        {
+            eprintln!("warning: unmounting {}: {e}", rw.display());
+        }
+    }
+}
+
 /// Set by containerd on every extraction Prepare (and kept at Commit): the
 /// chainID the snapshot will be committed as.
 pub const TARGET_LABEL: &str = "containerd.io/snapshot.ref";
@@ -413,11 +430,7 @@ impl Snapshotter {
     /// upper then *is* the difference, whiteouts included, and no tree
     /// walk over the lowers is needed. `None` lets the walking differ
     /// handle any other pair.
-    pub fn compare_upper(
-        &self,
-        left: &[MountSpec],
-        right: &[MountSpec],
-    ) -> Result<Option<PathBuf>> {
+    pub fn compare_upper(&self, left: &[MountSpec], right: &[MountSpec]) -> Result<Option<Upper>> {
         let Some(dir) = self.apply_target(right)? else {
             return Ok(None);
         };
@@ -451,10 +464,22 @@ impl Snapshotter {
             return Ok(None);
         }
         let block = self.layout.rwlayer(id).exists();
+        let mut guard = Upper {
+            path: self.layout.upper(id, block),
+            unmount: None,
+        };
         if block {
+            let rw = self.layout.rw(id);
+            let was_mounted =
+                rw.exists() && sys::is_mountpoint(&rw).map_err(sys_err("checking", &rw))?;
             self.ensure_rw(id)?;
+            // A VM container's image is attached to the VM, not mounted
+            // here: mount it only for the export (the VM must be stopped).
+            if self.vm_shape(snap.kind, block) && !was_mounted {
+                guard.unmount = Some(rw);
+            }
         }
-        Ok(Some(self.layout.upper(id, block)))
+        Ok(Some(guard))
     }
 
     /// The committed layer a mount source or lowerdir entry refers to: a

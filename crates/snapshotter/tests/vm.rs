@@ -253,6 +253,23 @@ fn vm_mode_mounts_fsmeta_and_commits_the_ext4_upper() {
     whiteout(&rw.join("upper/rd"));
     fs::set_permissions(rw.join("upper"), fs::Permissions::from_mode(0o755)).unwrap();
     drop(guest);
+
+    // Compare reads that upper: the ext4 image is mounted for the export
+    // only, and the parent view's fsmeta devices name exactly the chain.
+    let left = s.view("default/13/p", Some(&l3), BTreeMap::new()).unwrap();
+    let upper = s.compare_upper(&left, &m).unwrap().expect("ours");
+    assert_eq!(
+        fs::read_to_string(upper.path.join("d/new")).unwrap(),
+        "changed"
+    );
+    drop(upper);
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    // A left side that is not exactly the parents: not ours to answer.
+    let one = s.view("default/14/p", Some(&l1), BTreeMap::new()).unwrap();
+    assert!(s.compare_upper(&one, &m).unwrap().is_none());
+    s.remove("default/13/p").unwrap();
+    s.remove("default/14/p").unwrap();
+
     s.commit("default/9/ctr", "committed", BTreeMap::new(), None)
         .unwrap();
     assert!(!root.join("snapshots/4/rwlayer.img").exists());
