@@ -274,6 +274,10 @@ impl Cluster {
             .arg(&snap_root)
             .arg("--address")
             .arg(&snap_sock)
+            // Where our differ reads layer blobs (dialled when it applies
+            // one, so containerd may start later).
+            .arg("--containerd-address")
+            .arg(&sock)
             .args(&c.opts.daemon_args);
         if let Some(config) = &c.opts.daemon_config {
             let path = dir.join("snapshotter.toml");
