@@ -5,45 +5,16 @@
 #   bash bench/convert.sh [RUNS]      (default 5 runs per command)
 #
 # The layer (a debootstrap minbase rootfs plus an unpacked tensorflow-cpu
-# wheel) is built once and cached in .cache/bench/. Inputs are read from
-# the page cache (warm); each output is deleted before its run so no run
-# pays for unlinking the previous image. Commands alternate A B A B so
+# wheel) is built once and cached in .cache/bench/ by scripts/bench-layer.sh.
+# Inputs are read from the page cache (warm); each output is deleted before
+# its run so no run pays for unlinking the previous image. Commands alternate A B A B so
 # drift hits both sides alike. Prints min/median wall time and peak RSS per
 # command and median ratios; paste the output into docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
-CACHE=$PWD/.cache/bench
-mkdir -p "$CACHE"
+CACHE=$(bash scripts/bench-layer.sh)
 
-build_layer() {
-    local root=$CACHE/rootfs
-    if [ ! -f "$CACHE/layer.tar" ]; then
-        if [ ! -x "$root/bin/sh" ]; then
-            rm -rf "$root"
-            debootstrap --variant=minbase bookworm "$root" >"$CACHE/debootstrap.log"
-        fi
-        if [ ! -d "$root/usr/local/lib/python3.11/dist-packages/tensorflow" ]; then
-            local wheels=$CACHE/wheels
-            mkdir -p "$wheels"
-            ls "$wheels"/tensorflow_cpu-*.whl >/dev/null 2>&1 ||
-                pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-                    --platform manylinux2014_x86_64 -d "$wheels" 'tensorflow-cpu==2.17.*'
-            mkdir -p "$root/usr/local/lib/python3.11/dist-packages"
-            python3 -m zipfile -e "$wheels"/tensorflow_cpu-*.whl \
-                "$root/usr/local/lib/python3.11/dist-packages/"
-        fi
-        tar --numeric-owner --format=pax --sort=name --mtime=@1700000000 \
-            -C "$root" -cf "$CACHE/layer.tar.tmp" .
-        mv "$CACHE/layer.tar.tmp" "$CACHE/layer.tar"
-    fi
-    if [ ! -f "$CACHE/layer.tar.gz" ]; then
-        gzip -6 -n -c "$CACHE/layer.tar" >"$CACHE/layer.tar.gz.tmp"
-        mv "$CACHE/layer.tar.gz.tmp" "$CACHE/layer.tar.gz"
-    fi
-}
-
-build_layer
 cargo build --release --locked -p erofs-snapshotter -p layer --example inflate >/dev/null 2>&1
 BIN=$PWD/target/release/erofs-snapshotter
 INFLATE=$PWD/target/release/examples/inflate

@@ -14,6 +14,9 @@ bash scripts/setup.sh
 # Real-world trees (debootstrap rootfs, Python package tree), built once.
 EROFS_TEST_CORPUS=$(bash scripts/corpus.sh)
 export EROFS_TEST_CORPUS
+# The 1 GB benchmark layer (minbase + tensorflow), built once.
+EROFS_BENCH_LAYER=$(bash scripts/bench-layer.sh)
+export EROFS_BENCH_LAYER
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,3 +26,5 @@ echo "==> cargo test"
 # Root tests mount images; run them one binary at a time so a failure
 # names its test, with two threads to match the machine.
 cargo test --workspace --locked -- --test-threads=2
+echo "==> cargo test: the 1 GB pull (ignored above for its size)"
+cargo test --locked -p erofs-snapshotter --test pull -- --ignored pull_large
