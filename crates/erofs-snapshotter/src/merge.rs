@@ -3,8 +3,9 @@
 //! present fsmeta and layers to a VM as one disk. Every output is written
 //! to a temporary file beside it and renamed into place only on success.
 
-use std::fs::File;
+use std::fs::{File, Permissions};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,12 +40,22 @@ fn parent_dir(p: &Path) -> &Path {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file in the same directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
+/// A temporary file beside `path`, readable by all like the layers it
+/// describes (temporary files start 0600).
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new()
         .prefix(".merge-")
         .tempfile_in(parent_dir(path))
         .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(0o644))
+        .with_context(|| format!("chmod of the temporary file for {}", path.display()))?;
+    Ok(tmp)
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path)
@@ -65,10 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let opened = start.elapsed();
 
-    let tmp = tempfile::Builder::new()
-        .prefix(".merge-")
-        .tempfile_in(parent_dir(&args.out))
-        .with_context(|| format!("creating a temporary file beside {}", args.out.display()))?;
+    let tmp = temp_beside(&args.out)?;
     let (_, summary) = erofs::merge::build(&files, tmp.reopen()?).map_err(|e| {
         // Name the layer by its path; the library only knows its index.
         let layer = match &e {
