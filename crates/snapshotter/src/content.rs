@@ -58,6 +58,17 @@ fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ContentError> {
 }
 
 impl ContentSource {
+    /// A connection per transfer: containerd may start after us or
+    /// restart, and a unix-socket connect costs microseconds.
+    async fn connect(&self) -> Result<proto::tonic::transport::Channel, ContentError> {
+        proto::connect(&self.address)
+            .await
+            .map_err(|source| ContentError::Connect {
+                address: self.address.clone(),
+                source,
+            })
+    }
+
     /// Open blob `digest` in namespace `ns`. Called on the async side; the
     /// returned reader must then be used off the executor (it blocks on
     /// `handle` for each gRPC message).
@@ -77,13 +88,7 @@ impl ContentSource {
         } else {
             blob_path(Path::new(""), digest)?;
         }
-        let channel =
-            proto::connect(&self.address)
-                .await
-                .map_err(|source| ContentError::Connect {
-                    address: self.address.clone(),
-                    source,
-                })?;
+        let channel = self.connect().await?;
         let read_err = |s: proto::tonic::Status| ContentError::Read {
             digest: digest.to_string(),
             source: Box::new(s),
@@ -130,13 +135,7 @@ impl ContentSource {
         &self,
         target: &UploadTarget,
     ) -> Result<(Upload, tokio::task::JoinHandle<Result<(), ContentError>>), ContentError> {
-        let channel =
-            proto::connect(&self.address)
-                .await
-                .map_err(|source| ContentError::Connect {
-                    address: self.address.clone(),
-                    source,
-                })?;
+        let channel = self.connect().await?;
         let write_err = |s: proto::tonic::Status| ContentError::Write {
             reference: target.reference.clone(),
             source: Box::new(s),

@@ -3,25 +3,16 @@
 //! what it wrote into an EROFS layer like any other upper. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
+use common::{mounts_under, root_or_skip};
 use snapshotter::snapshotter::{Config, Snapshotter};
-
-fn root_or_skip() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root and must not be skipped on CI"
-    );
-    eprintln!("SKIPPED: needs root");
-    false
-}
 
 /// Mount an overlay spec with mount(8); unmounted on drop.
 struct Mounted(std::path::PathBuf);
@@ -52,15 +43,6 @@ fn fill(dir: &Path, mib: usize) -> std::io::Result<()> {
         f.write_all(&chunk)?;
     }
     f.sync_all()
-}
-
-fn mounts_under(root: &Path) -> usize {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = root.to_string_lossy().into_owned();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&prefix))
-        .count()
 }
 
 #[test]
@@ -115,7 +97,7 @@ fn default_size_is_a_quota_and_commits_to_erofs() {
         s.remove(k).unwrap();
     }
     s.cleanup().unwrap();
-    assert_eq!(mounts_under(&root), 0);
+    assert_eq!(mounts_under(&root).len(), 0);
 }
 
 /// `set_immutable`: the committed image cannot be changed or deleted,

@@ -4,27 +4,18 @@
 //! with the kernel, as a VM runtime's guest would. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{mounts_under, root_or_skip};
 use snapshotter::config::Mode;
 use snapshotter::mounts::MountSpec;
 use snapshotter::snapshotter::{Config, Snapshotter, TARGET_LABEL};
-
-fn root_or_skip() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root and must not be skipped on CI"
-    );
-    eprintln!("SKIPPED: needs root");
-    false
-}
 
 fn open(root: &Path) -> Snapshotter {
     Snapshotter::open(Config {
@@ -33,16 +24,6 @@ fn open(root: &Path) -> Snapshotter {
         ..Config::default()
     })
     .unwrap()
-}
-
-fn mounts_under(root: &Path) -> Vec<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = root.to_string_lossy().into_owned();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Unmounts on drop.
