@@ -47,8 +47,8 @@ impl Check {
     pub fn script(&self) -> String {
         let list = self.list.join(" ");
         let mut s = String::from("set -e\n");
-        for (flag, kind) in [("d", "d"), ("l", "l"), ("f", "f")] {
-            s.push_str(&format!("find {list} -type {flag} | sed 's|^|{kind} |'\n"));
+        for kind in ["d", "l", "f"] {
+            s.push_str(&format!("find {list} -type {kind} | sed 's|^|{kind} |'\n"));
         }
         if !self.sum.is_empty() {
             s.push_str(&format!(
@@ -178,7 +178,8 @@ fn add_parents(model: &mut Model, path: &str) {
 /// (they only concern lower layers), then additions.
 fn apply(ops: &[Op], dir: &Path, model: &mut Model) -> io::Result<()> {
     let on_disk = |p: &str| dir.join(p);
-    let parent_of = |p: &Path| -> io::Result<()> { fs::create_dir_all(p.parent().unwrap_or(dir)) };
+    let make_parent =
+        |p: &Path| -> io::Result<()> { fs::create_dir_all(p.parent().unwrap_or(dir)) };
     for op in ops {
         match op {
             Op::Whiteout(p) => {
@@ -187,7 +188,7 @@ fn apply(ops: &[Op], dir: &Path, model: &mut Model) -> io::Result<()> {
                 add_parents(model, p);
                 let (parent, name) = p.rsplit_once('/').unwrap_or(("", p));
                 let wh = dir.join(parent).join(format!(".wh.{name}"));
-                parent_of(&wh)?;
+                make_parent(&wh)?;
                 fs::write(wh, "")?;
             }
             Op::Opaque(p) => {
@@ -203,17 +204,17 @@ fn apply(ops: &[Op], dir: &Path, model: &mut Model) -> io::Result<()> {
     for op in ops {
         let (path, kind) = match op {
             Op::File(p, data) => {
-                parent_of(&on_disk(p))?;
+                make_parent(&on_disk(p))?;
                 fs::write(on_disk(p), data)?;
                 (p, "f")
             }
             Op::HostFile(p, src) => {
-                parent_of(&on_disk(p))?;
+                make_parent(&on_disk(p))?;
                 fs::copy(src, on_disk(p))?;
                 (p, "f")
             }
             Op::Symlink(p, target) => {
-                parent_of(&on_disk(p))?;
+                make_parent(&on_disk(p))?;
                 std::os::unix::fs::symlink(target, on_disk(p))?;
                 (p, "l")
             }
