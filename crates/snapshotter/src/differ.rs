@@ -14,6 +14,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use layer::Compression;
@@ -229,7 +230,9 @@ pub fn apply(
     let out = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
 
     let mut timings = Timings::default();
-    let (media_type, digest, size) = match kind {
+    let flusher =
+        Flusher::start(&out, tmp.path()).map_err(io_err("starting writeback of", tmp.path()))?;
+    let (media_type, digest, size, file) = match kind {
         LayerKind::Tar(compression) => {
             let (found, decoded) =
                 layer::compression::open_reader(fetched).map_err(|e| ApplyError::Convert {
@@ -280,9 +283,8 @@ pub fn apply(
             timings.blob_bytes = fetched.bytes;
             timings.tar_bytes = report.tar_bytes;
             timings.entries = report.entries;
-            timings.fsync = sync(&file, tmp.path())?;
             let diff_id = report.diff_id.map(|d| d.to_string()).unwrap_or_default();
-            (MEDIA_TYPE_TAR.to_string(), diff_id, report.tar_bytes)
+            (MEDIA_TYPE_TAR.to_string(), diff_id, report.tar_bytes, file)
         }
         LayerKind::Erofs { zstd } => {
             let mut source: Box<dyn Read + Send> = if zstd {
@@ -302,19 +304,26 @@ pub fn apply(
             check_image(tmp.path(), &blob.digest)?;
             timings.read = Duration::from_nanos(read_nanos.load(Ordering::Relaxed));
             timings.blob_bytes = fetched.bytes;
-            timings.fsync = sync(&file, tmp.path())?;
             if zstd {
                 // containerd returns the decompressed image's descriptor.
-                (MEDIA_TYPE_EROFS.to_string(), image_digest.to_string(), size)
+                (
+                    MEDIA_TYPE_EROFS.to_string(),
+                    image_digest.to_string(),
+                    size,
+                    file,
+                )
             } else {
                 (
                     blob.media_type.clone(),
                     blob.digest.clone(),
                     blob.size.max(size),
+                    file,
                 )
             }
         }
     };
+    drop(flusher);
+    timings.fsync = sync(&file, tmp.path())?;
     let target = dir.join(BLOB);
     fs::set_permissions(
         tmp.path(),
@@ -395,6 +404,51 @@ fn check_image(path: &Path, digest: &str) -> Result<(), ApplyError> {
         source,
     })?;
     Ok(())
+}
+
+/// How often writeback of the image is started while it is written.
+const WRITEBACK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Starts writeback of the image every [`WRITEBACK_INTERVAL`] until
+/// dropped, so the disk works while the CPUs inflate and convert and the
+/// final fsync waits only for the tail (see `sys::start_writeback`).
+struct Flusher {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(file: &File, path: &Path) -> io::Result<Flusher> {
+        let file = file.try_clone()?;
+        let path = path.to_path_buf();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(WRITEBACK_INTERVAL)
+                {
+                    // Only an optimisation: the fsync at the end is what
+                    // makes the image durable, so a failure just stops it.
+                    if sys::start_writeback(&file, &path).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Flusher {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn sync(file: &File, path: &Path) -> Result<Duration, ApplyError> {
