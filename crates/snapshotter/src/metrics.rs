@@ -205,6 +205,48 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = std::sync::Arc::new(Metrics::default());
+        m.op("prepare", "ok", Duration::from_millis(1));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(m.clone().serve(listener));
+        let get = |path: &'static str| async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("Content-Type: text/plain; version=0.0.4"),
+            "{ok}"
+        );
+        assert!(
+            ok.contains(
+                "erofs_snapshotter_operations_total{operation=\"prepare\",result=\"ok\"} 1"
+            ),
+            "{ok}"
+        );
+        let body = ok.split("\r\n\r\n").nth(1).unwrap();
+        let len: usize = ok
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(body.len(), len);
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        server.abort();
+    }
+
     #[test]
     fn renders_counters() {
         let m = Metrics::default();
