@@ -5,7 +5,9 @@
 #   overlayfs  containerd's overlayfs snapshotter + walking differ
 #   erofs      containerd's built-in EROFS snapshotter + differ (mkfs.erofs
 #              -T0 --mkfs-time --sort=none)
-#   ours       erofs-snapshotter's snapshotter + differ (proxy plugins)
+#   ours       erofs-snapshotter's snapshotter + differ (proxy plugins),
+#              reading blobs from containerd's content directory
+#              (`content_dir`)
 #
 #   bash bench/pull.sh [RUNS]      (default 3 runs per image and mode)
 #
@@ -123,8 +125,13 @@ one_run() {
     run_dir=$WORK/run
     mkdir -p "$run_dir"
     if [ "$mode" = ours ]; then
-        "$BIN" serve --root "$run_dir/snap" --address "$run_dir/snap.sock" \
-            --containerd-address "$run_dir/ctd.sock" >"$run_dir/snapd.log" 2>&1 &
+        # Blobs straight from containerd's content store, as a node
+        # configured with content_dir reads them (docs/configuration.md).
+        echo "content_dir = \"$run_dir/ctd-root/io.containerd.content.v1.content\"" \
+            >"$run_dir/snapd.toml"
+        "$BIN" serve --config "$run_dir/snapd.toml" --root "$run_dir/snap" \
+            --address "$run_dir/snap.sock" --containerd-address "$run_dir/ctd.sock" \
+            >"$run_dir/snapd.log" 2>&1 &
         snapd_pid=$!
         for _ in $(seq 300); do [ -S "$run_dir/snap.sock" ] && break; sleep 0.02; done
     fi
