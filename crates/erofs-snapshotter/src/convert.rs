@@ -169,7 +169,7 @@ pub fn run(args: Args) -> Result<()> {
             compression::open_reader(counted).context("reading the layer's first bytes")?;
         // Hash on whichever side has time to spare (see pipeline::spawn).
         let producer_hashes = compression == layer::Compression::None;
-        let (pipe, producer) = layer::pipeline::spawn(decoded, producer_hashes)?;
+        let (pipe, producer) = layer::pipeline::spawn("inflate", decoded, producer_hashes)?;
         let opts = ConvertOptions {
             inline_data: args.inline,
             compute_diff_id: !producer_hashes,

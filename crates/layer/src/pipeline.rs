@@ -102,14 +102,17 @@ impl Read for PipeReader {
 /// produces: worth it when it has time to spare (uncompressed input),
 /// while with compressed input inflate alone keeps it busy and the
 /// consumer should hash.
+///
+/// `name` names the thread (what profilers and `top -H` show).
 pub fn spawn(
+    name: &str,
     src: Box<dyn Read + Send>,
     hash: bool,
 ) -> io::Result<(PipeReader, JoinHandle<ProducerStats>)> {
     let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let handle = std::thread::Builder::new()
-        .name("inflate".into())
+        .name(name.into())
         .spawn(move || {
             let mut src = src;
             let mut hasher = hash.then(Sha256::new);
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     fn passes_bytes_through_in_order() {
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (mut r, h) = spawn(Box::new(io::Cursor::new(data.clone())), true).unwrap();
+        let (mut r, h) = spawn("test", Box::new(io::Cursor::new(data.clone())), true).unwrap();
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
@@ -194,7 +197,7 @@ mod tests {
 
     #[test]
     fn producer_errors_reach_the_reader() {
-        let (mut r, h) = spawn(Box::new(Failing), false).unwrap();
+        let (mut r, h) = spawn("test", Box::new(Failing), false).unwrap();
         let err = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         h.join().unwrap();
@@ -202,7 +205,7 @@ mod tests {
 
     #[test]
     fn dropping_the_reader_stops_the_producer() {
-        let (r, h) = spawn(Box::new(io::repeat(7)), false).unwrap();
+        let (r, h) = spawn("test", Box::new(io::repeat(7)), false).unwrap();
         drop(r);
         h.join().unwrap();
     }

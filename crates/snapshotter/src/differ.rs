@@ -220,7 +220,7 @@ pub fn apply(
         inner: input,
         nanos: read_nanos.clone(),
     };
-    let (fetched, fetch) = pipeline::spawn(Box::new(timed), true)
+    let (fetched, fetch) = pipeline::spawn("fetch", Box::new(timed), true)
         .map_err(io_err("starting the fetch thread for", dir))?;
     let fetch_wait = fetched.wait_clock();
     let tmp = tempfile::Builder::new()
@@ -251,7 +251,7 @@ pub fn apply(
                 convert(dir, decoded, out, opts, false, &blob.digest)
                     .map(|streamed| (streamed, fetch_wait.clone(), None))
             } else {
-                let (pipe, inflate) = pipeline::spawn(decoded, false)
+                let (pipe, inflate) = pipeline::spawn("inflate", decoded, false)
                     .map_err(io_err("starting the inflate thread for", dir))?;
                 let inflate_wait = pipe.wait_clock();
                 let r = convert(dir, Box::new(pipe), out, opts, true, &blob.digest);
