@@ -25,16 +25,18 @@ mod images;
 #[allow(dead_code)]
 #[path = "common/oci.rs"]
 mod oci;
+#[path = "common/pulls.rs"]
+mod pulls;
 #[path = "common/registry.rs"]
 mod registry;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cluster::{Cluster, Mode, Options, Tools, committed_chain, prereqs};
+use cluster::{Cluster, Mode, Options, committed_chain};
 use common::*;
 use images::TestImage;
-use registry::Registry;
+use pulls::{Setup, applied, check_container, setup};
 
 /// The mode under test, from `EROFS_PULL_MODE`.
 fn mode() -> Mode {
@@ -45,64 +47,6 @@ fn mode() -> Mode {
         Ok("erofs") => Mode::Erofs,
         Ok(other) => panic!("EROFS_PULL_MODE={other}: not ours, ours-walking, overlayfs, erofs"),
     }
-}
-
-/// A test's tools, directory and registry.
-struct Setup {
-    tools: Tools,
-    tmp: tempfile::TempDir,
-    registry: Registry,
-}
-
-fn setup() -> Option<Setup> {
-    let tools = prereqs(&["skopeo", "docker-registry", "mkfs.erofs"])?;
-    let tmp = tempdir();
-    let registry = Registry::start(&tmp.path().join("registry"));
-    Some(Setup {
-        tools,
-        tmp,
-        registry,
-    })
-}
-
-impl Setup {
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// Push `image`; returns its reference.
-    fn push(&self, image: &TestImage) -> String {
-        self.registry
-            .push(&image.layout, &format!("{}:1", image.name))
-    }
-
-    /// A cluster in a directory of its own (one per mode).
-    fn cluster(&self, opts: Options) -> Cluster {
-        let dir = self.dir(&format!("cluster-{:?}", opts.mode));
-        std::fs::create_dir_all(&dir).unwrap();
-        Cluster::start(&dir, &self.tools, opts)
-    }
-}
-
-/// A container of `reference` in `ns` sees exactly the image's model.
-fn check_container(c: &Cluster, ns: &str, reference: &str, image: &TestImage, id: &str) {
-    let script = image.check.script();
-    let r = c
-        .run_in(ns, reference, id, &["/bin/sh", "-c", &script])
-        .ok();
-    if let Some(d) = image.check.compare(&r.stdout) {
-        panic!("{} in namespace {ns} sees the wrong tree: {d}", image.name);
-    }
-}
-
-/// Applied layers our daemon logged: one logfmt line each, `apply
-/// layer=sha256:... bytes=... total_ms=...` (bare or as `msg=apply`).
-fn applied(c: &Cluster) -> usize {
-    c.daemon_log()
-        .lines()
-        .filter(|l| l.starts_with("apply ") || l.contains(" msg=apply "))
-        .filter(|l| l.contains(" layer=sha256:"))
-        .count()
 }
 
 /// After a pull of `image` alone, before any container (whose snapshot
