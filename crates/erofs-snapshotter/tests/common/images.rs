@@ -81,6 +81,21 @@ impl Check {
         if !done {
             return Some("the check script did not finish".into());
         }
+        self.differences(&seen)
+    }
+
+    /// [`Check::compare`] for a tree seen from the host (a mounted image):
+    /// what the script would print there, computed by walking it.
+    pub fn compare_tree(&self, root: &Path) -> io::Result<Option<String>> {
+        let list: Vec<&str> = self.list.iter().map(String::as_str).collect();
+        let sum: Vec<&str> = self.sum.iter().map(String::as_str).collect();
+        let seen = rootfs_check(root, &list, &sum)?.expected;
+        Ok(self.differences(&seen))
+    }
+
+    /// What `seen` (path → kind or hash) lacks, has in addition or has
+    /// differently from the expectation, at most 40 of them, or None.
+    fn differences(&self, seen: &BTreeMap<String, String>) -> Option<String> {
         let mut diffs = Vec::new();
         for (p, want) in &self.expected {
             match seen.get(p) {
@@ -89,7 +104,7 @@ impl Check {
                 Some(_) => {}
             }
         }
-        for (p, got) in &seen {
+        for (p, got) in seen {
             if !self.expected.contains_key(p) {
                 diffs.push(format!("unexpected {p} ({got})"));
             }

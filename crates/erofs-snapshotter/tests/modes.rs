@@ -1,0 +1,274 @@
+//! Our daemon's other modes behind a real containerd, with images
+//! pulled from a registry on loopback (see pull.rs):
+//!
+//! - `enable_tar_index`: every layer our differ writes is a tar index
+//!   (512-byte blocks) that fsck.erofs accepts, and containers see the
+//!   image's model through them;
+//! - `--mode vm`: a container snapshot's mounts are the chain's fsmeta
+//!   with every layer as a device plus an ext4 `rwlayer.img`, nothing is
+//!   mounted on the host for it, the fsmeta mounted with its devices is
+//!   the image's model, and QEMU reads the `merged.vmdk` beside it.
+//!
+//! Needs what pull.rs needs, plus qemu-img and mkfs.ext4 for VM mode.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[allow(dead_code)]
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+#[allow(dead_code)]
+#[path = "common/images.rs"]
+mod images;
+#[allow(dead_code)]
+#[path = "common/oci.rs"]
+mod oci;
+#[path = "common/pulls.rs"]
+mod pulls;
+#[path = "common/registry.rs"]
+mod registry;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Mode, Options, SNAPSHOTTER, mounts_under};
+use common::*;
+use images::TestImage;
+use oci::Compression;
+use pulls::{Setup, applied, check_container, setup};
+
+/// The UUID of a layer image as hex: our differ makes it the first 16
+/// bytes of the layer's diffID, so it says which layer an image holds.
+fn layer_uuid(image: &erofs::reader::Image<fs::File>) -> String {
+    hex::encode(image.superblock().uuid)
+}
+
+/// The UUIDs of the image's layer images, oldest first: the first 16
+/// bytes of each diffID, as hex.
+fn expected_uuids(image: &TestImage) -> Vec<String> {
+    let diff_ids = image.built.diff_ids.iter();
+    diff_ids
+        .map(|d| d.trim_start_matches("sha256:")[..32].to_string())
+        .collect()
+}
+
+fn open_layer(path: &Path) -> erofs::reader::Image<fs::File> {
+    erofs::reader::Image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The whiteouts image pushed to `s`'s registry and pulled into the
+/// namespace of a cluster started with `opts`.
+fn pull_whiteouts(s: &Setup, opts: Options) -> (TestImage, String, Cluster) {
+    let image = images::whiteouts(Compression::Gzip, &s.dir("image")).unwrap();
+    let reference = s.push(&image);
+    let ns = opts.namespace.clone();
+    let c = s.cluster(opts);
+    c.pull(&ns, &reference);
+    (image, reference, c)
+}
+
+#[test]
+fn tar_index_layers_pull_and_run() {
+    let Some(s) = setup() else { return };
+    let ns = "modes-tar-index";
+    let opts = Options {
+        daemon_config: Some("enable_tar_index = true\n".into()),
+        ..Options::new(ns, Mode::Ours)
+    };
+    let (image, reference, c) = pull_whiteouts(&s, opts);
+    let n = image.built.diff_ids.len();
+    assert_eq!(applied(&c), n, "layers our differ applied");
+    // Both fscks (fsck.erofs and ours) run on each in layer_images.
+    let layers = c.layer_images();
+    let mut uuids = BTreeSet::new();
+    for l in &layers {
+        let img = open_layer(l);
+        assert_eq!(
+            img.superblock().blkszbits,
+            9,
+            "{} is not a tar index (512-byte blocks)",
+            l.display()
+        );
+        uuids.insert(layer_uuid(&img));
+    }
+    let want: BTreeSet<String> = expected_uuids(&image).into_iter().collect();
+    assert_eq!(uuids, want, "one tar-index image per layer of the image");
+    check_container(&c, ns, &reference, &image, "check");
+}
+
+/// One line of `ctr snapshots mounts`: `mount -t TYPE SOURCE TARGET -o
+/// OPTIONS`.
+#[derive(Debug)]
+struct MountCommand {
+    kind: String,
+    source: PathBuf,
+    target: String,
+    options: Vec<String>,
+}
+
+fn parse_mount_commands(out: &str) -> Vec<MountCommand> {
+    out.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                ["mount", "-t", kind, source, target, "-o", options] => MountCommand {
+                    kind: kind.to_string(),
+                    source: source.into(),
+                    target: target.to_string(),
+                    options: options.split(',').map(str::to_string).collect(),
+                },
+                _ => panic!("unexpected line from ctr snapshots mounts: {l:?} in\n{out}"),
+            }
+        })
+        .collect()
+}
+
+/// `n` bytes in whole 4 KiB blocks: what a VMDK flat extent covers.
+fn blocks_4k(n: u64) -> u64 {
+    n.div_ceil(4096) * 4096
+}
+
+/// `qemu-img info`'s virtual size of a disk, from its `virtual size: 32
+/// KiB (32768 bytes)` line (in JSON the extents come first, with sizes
+/// of their own).
+fn qemu_virtual_size(disk: &Path) -> u64 {
+    let out = run(Command::new("qemu-img").arg("info").arg(disk))
+        .ok()
+        .stdout;
+    out.lines()
+        .find_map(|l| {
+            let bytes = l.strip_prefix("virtual size: ")?.split_once('(')?.1;
+            bytes.strip_suffix(" bytes)")?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no virtual size in qemu-img info:\n{out}"))
+}
+
+/// A VM container snapshot over `image`'s chain: its mounts, nothing on
+/// the host, the fsmeta with its devices is the image's model, the VMDK
+/// covers fsmeta and layers, and removal takes its `rwlayer.img`.
+fn check_vm_snapshot(c: &Cluster, image: &TestImage, mnt: &Path) {
+    let snapshots = ["snapshots", "--snapshotter", SNAPSHOTTER];
+    let top = image.built.chain_ids.last().unwrap();
+    c.ctr(&[&snapshots[..], &["prepare", "vmtest", top]].concat());
+    let out = c
+        .ctr(&[&snapshots[..], &["mounts", "/x", "vmtest"]].concat())
+        .stdout;
+    let mounts = parse_mount_commands(&out);
+    let [lower, rw] = mounts.as_slice() else {
+        panic!(
+            "{}: want an erofs and an ext4 mount, got\n{out}",
+            image.name
+        );
+    };
+
+    // The chain as one erofs mount: fsmeta in the top layer's directory,
+    // every layer a device, oldest first (each image's UUID names its
+    // layer's diffID).
+    assert_eq!(
+        (lower.kind.as_str(), lower.target.as_str()),
+        ("erofs", "/x"),
+        "{out}"
+    );
+    assert_eq!(lower.options[..2], ["ro", "loop"], "{out}");
+    let devices: Vec<PathBuf> = lower.options[2..]
+        .iter()
+        .map(|o| {
+            let d = o.strip_prefix("device=");
+            PathBuf::from(d.unwrap_or_else(|| panic!("option {o} in\n{out}")))
+        })
+        .collect();
+    let uuids: Vec<String> = devices.iter().map(|d| layer_uuid(&open_layer(d))).collect();
+    assert_eq!(
+        uuids,
+        expected_uuids(image),
+        "{}: the devices are not the layers",
+        image.name
+    );
+    let snapshot_dirs = c.snap_root.join("snapshots");
+    for d in &devices {
+        assert_eq!(d.file_name().unwrap(), "layer.erofs", "{out}");
+        assert_eq!(
+            d.parent().unwrap().parent().unwrap(),
+            snapshot_dirs,
+            "{out}"
+        );
+    }
+    let top_dir = devices.last().unwrap().parent().unwrap();
+    assert_eq!(lower.source, top_dir.join("fsmeta.erofs"), "{out}");
+
+    // The container's writable layer: a raw ext4 image for the VM.
+    assert_eq!(
+        (rw.kind.as_str(), rw.target.as_str(), &rw.options[..]),
+        ("ext4", "/x", &["rw".to_string(), "loop".to_string()][..]),
+        "{out}"
+    );
+    assert_eq!(rw.source.file_name().unwrap(), "rwlayer.img", "{out}");
+    assert_eq!(
+        rw.source.parent().unwrap().parent().unwrap(),
+        snapshot_dirs,
+        "{out}"
+    );
+    assert!(rw.source.is_file(), "{} missing", rw.source.display());
+    let on_host = mounts_under(&c.snap_root);
+    assert!(
+        on_host.is_empty(),
+        "mounted on the host for a VM container: {on_host:?}"
+    );
+
+    let merged = Mount::erofs_devices(&lower.source, &devices, mnt)
+        .unwrap_or_else(|e| panic!("mounting {} with its devices: {e}", lower.source.display()));
+    if let Some(d) = image.check.compare_tree(merged.path()).unwrap() {
+        panic!("{}: the fsmeta shows the wrong tree: {d}", image.name);
+    }
+    drop(merged);
+
+    let disk_bytes: u64 = std::iter::once(&lower.source)
+        .chain(&devices)
+        .map(|f| blocks_4k(fs::metadata(f).unwrap().len()))
+        .sum();
+    let vmdk = top_dir.join("merged.vmdk");
+    assert_eq!(
+        qemu_virtual_size(&vmdk),
+        disk_bytes,
+        "merged.vmdk's size is not fsmeta and the layers in 4 KiB blocks:\n{}",
+        fs::read_to_string(&vmdk).unwrap()
+    );
+    let manifest = fs::read_to_string(top_dir.join("layers.manifest")).unwrap();
+    let listed: Vec<PathBuf> = manifest.lines().map(PathBuf::from).collect();
+    assert_eq!(listed, devices, "layers.manifest vs the device= options");
+
+    // containerd removes the backend snapshot in its GC, asynchronously.
+    c.ctr(&[&snapshots[..], &["rm", "vmtest"]].concat());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rw.source.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived its snapshot by 30 s",
+            rw.source.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vm_mode_container_snapshots() {
+    if !require(&["qemu-img", "mkfs.ext4"]) {
+        return;
+    }
+    let Some(s) = setup() else { return };
+    let ns = "modes-vm";
+    let c = s.cluster(Options {
+        daemon_args: vec!["--mode".into(), "vm".into()],
+        ..Options::new(ns, Mode::Ours)
+    });
+    let many = images::many(&s.dir("many")).unwrap();
+    assert!(many.built.chain_ids.len() >= 40);
+    let whiteouts = images::whiteouts(Compression::Gzip, &s.dir("whiteouts")).unwrap();
+    for image in [many, whiteouts] {
+        let reference = s.push(&image);
+        c.pull(ns, &reference);
+        check_vm_snapshot(&c, &image, &s.dir(&format!("mnt-{}", image.name)));
+    }
+}
