@@ -3,18 +3,19 @@
 # below DIR, no CRI (nor the plugins CRI brings along) and no NRI socket,
 # erofs-snapshotter's daemon on SNAP_SOCK as proxy snapshotter
 # `erofs-snapshotter` (and as proxy differ `erofs-snapshotter-diff` on the
-# same socket when that is the DIFFER), and one transfer-service unpack
-# entry, so that `ctr images pull` and `ctr images import` unpack with
-# SNAPSHOTTER and DIFFER. The built-in EROFS differ gets reproducible
-# mkfs.erofs options (containerd.md §1.2).
+# same socket when that is the DIFFER, then also first in the diff
+# service's list), and one transfer-service unpack entry, so that `ctr
+# images pull` and `ctr images import` unpack with SNAPSHOTTER and DIFFER.
+# The built-in EROFS differ gets reproducible mkfs.erofs options
+# (containerd.md §1.2).
 #
 #   scripts/containerd-config.sh DIR SNAP_SOCK SNAPSHOTTER DIFFER \
 #       [--max-concurrent-unpacks N] [--rebase]
 #
 # --max-concurrent-unpacks and --rebase (the proxy snapshotter's
 # capability) enable parallel unpack in containerd >= 2.2; 2.1 ignores
-# them. Used by the containerd tests (tests/common/cluster.rs) and
-# bench/pull.sh.
+# them. Used by the containerd tests (tests/common/cluster.rs),
+# scripts/demo.sh and bench/pull.sh.
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 DIR SNAP_SOCK SNAPSHOTTER DIFFER [--max-concurrent-unpacks N] [--rebase]" >&2
@@ -93,5 +94,11 @@ if [ "$differ" = erofs-snapshotter-diff ]; then
 [proxy_plugins.erofs-snapshotter-diff]
   type = "diff"
   address = "$sock"
+
+# Client-side unpack (ctr run of an image not unpacked yet) and Compare
+# (ctr snapshots diff) go through the diff service, which tries these in
+# order; ours answers Unimplemented for mounts that are not its own.
+[plugins."io.containerd.service.v1.diff-service"]
+  default = ["erofs-snapshotter-diff", "walking"]
 EOF
 fi

@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh >/dev/null
 cargo build --release --locked -p erofs-snapshotter
-bin=$PWD/target/release/erofs-snapshotter
+# Cargo's target directory, wherever the caller put it.
+target=${CARGO_TARGET_DIR:-$PWD/target}
+bin=$target/release/erofs-snapshotter
 
 work=$(mktemp -d /tmp/erofs-demo.XXXXXX)
 mnt=$work/mnt
@@ -85,7 +87,7 @@ command -v runc >/dev/null || { echo "missing runc (scripts/setup.sh)" >&2; exit
 # The image builder shared with tests/containerd.rs (tests/common/oci.rs);
 # a debug build, which the test build has usually compiled already.
 cargo build --locked -p erofs-snapshotter --example oci_image
-oci_image=$PWD/target/debug/examples/oci_image
+oci_image=$target/debug/examples/oci_image
 
 ctd=$work/ctd
 [ -e /run/containerd ] || own_run_dir=1
@@ -115,55 +117,12 @@ echo new >"$l2/opt/old/new"
 "$oci_image" --name "$image" --out "$ctd/image.tar" "$l1" "$l2"
 
 echo "==> start erofs-snapshotter serve and containerd (logs in $ctd)"
-cat >"$ctd/containerd.toml" <<EOF
-version = 3
-root = "$ctd/ctd-root"
-state = "$ctd/ctd-state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.cri.v1.images",
-  "io.containerd.nri.v1.nri",
-]
-
-[grpc]
-  address = "$ctd/ctd.sock"
-
-[ttrpc]
-  address = "$ctd/ctd.sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$ctd/opt"
-
-# ctr images import goes through the transfer service, which unpacks only
-# for snapshotters listed here.
-[[plugins."io.containerd.transfer.v1.local".unpack_config]]
-  platform = "linux/$(dpkg --print-architecture)"
-  snapshotter = "$snapshotter"
-  differ = "$snapshotter-diff"
-
-# Client-side unpack (ctr run of an image not unpacked yet) and Compare
-# (ctr snapshots diff) go through the diff service, which tries these in
-# order; ours answers NotImplemented for mounts that are not its own.
-[plugins."io.containerd.service.v1.diff-service"]
-  default = ["$snapshotter-diff", "walking"]
-
-# One daemon, one socket, two services.
-[proxy_plugins.$snapshotter]
-  type = "snapshot"
-  address = "$ctd/snap.sock"
-  capabilities = ["rebase"]
-
-[proxy_plugins.$snapshotter-diff]
-  type = "diff"
-  address = "$ctd/snap.sock"
-EOF
+# The configuration the tests use (scripts/containerd-config.sh): our
+# daemon as proxy snapshotter and differ on one socket, unpacking with
+# both, and our differ first in the diff service's list for client-side
+# unpack and Compare.
+bash scripts/containerd-config.sh "$ctd" "$ctd/snap.sock" "$snapshotter" "$snapshotter-diff" \
+    --rebase >"$ctd/containerd.toml"
 "$bin" serve --root "$ctd/snap" --address "$ctd/snap.sock" --containerd-address "$ctd/ctd.sock" \
     >"$ctd/snapshotter.log" 2>&1 &
 snapd_pid=$!
