@@ -1,5 +1,5 @@
-//! Our daemon's other modes behind a real containerd, with images
-//! pulled from a registry on loopback (see pull.rs):
+//! Our daemon's other modes and its Compare behind a real containerd,
+//! with images pulled from a registry on loopback (see pull.rs):
 //!
 //! - `enable_tar_index`: every layer our differ writes is a tar index
 //!   (512-byte blocks) that fsck.erofs accepts, and containers see the
@@ -7,9 +7,13 @@
 //! - `--mode vm`: a container snapshot's mounts are the chain's fsmeta
 //!   with every layer as a device plus an ext4 `rwlayer.img`, nothing is
 //!   mounted on the host for it, the fsmeta mounted with its devices is
-//!   the image's model, and QEMU reads the `merged.vmdk` beside it.
+//!   the image's model, and QEMU reads the `merged.vmdk` beside it;
+//! - Compare: a container's changes exported by our differ (`ctr
+//!   snapshots diff`) become the top layer of a new image that, pushed and
+//!   pulled again, shows exactly those changes.
 //!
-//! Needs what pull.rs needs, plus qemu-img and mkfs.ext4 for VM mode.
+//! Needs what pull.rs needs, plus qemu-img and mkfs.ext4 for VM mode and
+//! GNU tar.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(dead_code)]
@@ -27,7 +31,7 @@ mod pulls;
 #[path = "common/registry.rs"]
 mod registry;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Mode, Options, SNAPSHOTTER, mounts_under};
 use common::*;
-use images::TestImage;
-use oci::Compression;
+use images::{Check, TestImage};
+use oci::{Compression, ImageSpec, Layer, MEDIA_LAYER_GZIP};
 use pulls::{Setup, applied, check_container, setup};
 
 /// The UUID of a layer image as hex: our differ makes it the first 16
@@ -271,4 +275,129 @@ fn vm_mode_container_snapshots() {
         c.pull(ns, &reference);
         check_vm_snapshot(&c, &image, &s.dir(&format!("mnt-{}", image.name)));
     }
+}
+
+/// What the Compare test's container changes, in the whiteouts image:
+/// a file of layer 2 modified, one of layer 1 deleted, a new directory
+/// with a file, and a directory's contents replaced (which makes it
+/// opaque in the overlay upper). busybox has no applet links for rm and
+/// mkdir in that image.
+const CHANGES: &str = "set -e
+echo 'changed by the container' > /etc/motd
+busybox rm /var/kept
+busybox mkdir /srv/made
+echo made > /srv/made/file
+busybox rm -rf /opt/old
+busybox mkdir /opt/old
+echo x > /opt/old/new
+";
+
+/// The whiteouts image's model after [`CHANGES`].
+fn changed_model(model: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut m = model.clone();
+    let sum = |s: &str| sha256_bytes(s.as_bytes());
+    m.insert("/etc/motd".into(), sum("changed by the container\n"));
+    assert!(
+        m.remove("/var/kept").is_some(),
+        "/var/kept not in the model"
+    );
+    m.insert("/srv/made".into(), "d".into());
+    m.insert("/srv/made/file".into(), sum("made\n"));
+    m.retain(|p, _| !p.starts_with("/opt/old/"));
+    m.insert("/opt/old/new".into(), sum("x\n"));
+    m
+}
+
+/// Entries of a layer blob as GNU tar lists them, without `./` or a
+/// trailing `/`, below the top-level directories `roots` only (runc adds
+/// mount points such as /proc to every container's upper).
+fn tar_entries(blob: &Path, roots: &[String]) -> BTreeSet<String> {
+    let listing = run(Command::new("tar").arg("-tzvf").arg(blob)).ok().stdout;
+    listing
+        .lines()
+        .map(|l| {
+            let name = l.split_whitespace().nth(5);
+            let name = name.unwrap_or_else(|| panic!("tar -tv line {l:?}"));
+            name.trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .filter(|n| {
+            roots
+                .iter()
+                .any(|r| n == &r[1..] || n.starts_with(&format!("{}/", &r[1..])))
+        })
+        .collect()
+}
+
+#[test]
+fn compare_layer_becomes_an_image() {
+    let Some(s) = setup() else { return };
+    let ns = "modes-compare";
+    let (image, reference, c) = pull_whiteouts(&s, Options::new(ns, Mode::Ours));
+    c.run_with(ns, &[], &reference, "changer", &["/bin/sh", "-c", CHANGES])
+        .ok();
+
+    // Our differ (not the walking one) exports the container's upper.
+    let blob = s.dir("changes.tar.gz");
+    let snapshots = ["snapshots", "--snapshotter", SNAPSHOTTER];
+    c.ctr_to(
+        &[&snapshots[..], &["diff", "--keep", "changer"]].concat(),
+        &blob,
+    );
+    let log = c.daemon_log();
+    let compared = log
+        .lines()
+        .find(|l| l.contains(" msg=compare "))
+        .unwrap_or_else(|| panic!("our differ logged no compare:\n{log}"));
+    let digest = oci::sha256_file(&blob).unwrap();
+    let mut gunzip = flate2::read::MultiGzDecoder::new(fs::File::open(&blob).unwrap());
+    let diff_id = format!("sha256:{}", sha256_reader(&mut gunzip).unwrap());
+    for field in [format!(" digest={digest} "), format!(" diff_id={diff_id} ")] {
+        assert!(compared.contains(&field), "{field} not in {compared}");
+    }
+    let want: BTreeSet<String> = [
+        "etc",
+        "etc/motd",
+        "var",
+        "var/.wh.kept",
+        "srv",
+        "srv/made",
+        "srv/made/file",
+        "opt",
+        "opt/old",
+        "opt/old/.wh..wh..opq",
+        "opt/old/new",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(tar_entries(&blob, &image.check.list), want, "the layer");
+
+    // The image plus that layer, through the registry into a namespace
+    // that has never seen it.
+    let mut layers: Vec<Layer> =
+        oci::layout_layers(&image.layout, &image.built, MEDIA_LAYER_GZIP).unwrap();
+    layers.push(Layer::prebuilt(&blob, MEDIA_LAYER_GZIP, &diff_id).unwrap());
+    let name = "whiteouts-changed";
+    let layout = s.dir("changed-layout");
+    let spec = ImageSpec::new(&format!("localhost/{name}:1"), &["/bin/sh"]);
+    let changed = TestImage {
+        name: name.into(),
+        built: oci::write_layout(&spec, &layers, &layout).unwrap(),
+        layout,
+        check: Check {
+            list: image.check.list.clone(),
+            sum: image.check.sum.clone(),
+            expected: changed_model(&image.check.expected),
+        },
+    };
+    let changed_ref = s.push(&changed);
+    let fresh = "modes-compare-fresh";
+    c.pull(fresh, &changed_ref);
+    assert_eq!(
+        applied(&c),
+        layers.len(),
+        "applies: the image's layers once, then only the new one"
+    );
+    check_container(&c, fresh, &changed_ref, &changed, "check");
 }

@@ -98,16 +98,24 @@ pub fn prereqs(extra: &[&str]) -> Option<Tools> {
 /// Run with a deadline, output captured through files (so nothing a
 /// command leaves behind can block the reader), killed when late.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Ran {
+    let out = tempfile::tempfile().unwrap();
+    let mut ran = run_timeout_to(cmd, timeout, out.try_clone().unwrap());
+    ran.stdout = read_back(out);
+    ran
+}
+
+/// [`run_timeout`] with standard output going to `out` (for binary
+/// output); the result's `stdout` is empty.
+pub fn run_timeout_to(cmd: &mut Command, timeout: Duration, out: fs::File) -> Ran {
     let mut what = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         what.push(' ');
         what.push_str(&a.to_string_lossy());
     }
-    let out = tempfile::tempfile().unwrap();
     let err = tempfile::tempfile().unwrap();
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
+        .stdout(out)
         .stderr(err.try_clone().unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
@@ -123,18 +131,20 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Ran {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let read = |mut f: fs::File| {
-        let mut s = String::new();
-        f.rewind().unwrap();
-        f.read_to_string(&mut s).unwrap();
-        s
-    };
     Ran {
         what,
         status,
-        stdout: read(out),
-        stderr: read(err),
+        stdout: String::new(),
+        stderr: read_back(err),
     }
+}
+
+/// Everything written to a temporary file.
+fn read_back(mut f: fs::File) -> String {
+    let mut s = String::new();
+    f.rewind().unwrap();
+    f.read_to_string(&mut s).unwrap();
+    s
 }
 
 /// Mount points at or below `dir`, in mount order.
@@ -334,11 +344,22 @@ impl Cluster {
         c
     }
 
-    /// `ctr -a SOCK -n NS ARGS...` in namespace `ns`, unchecked.
-    pub fn ctr_in(&self, ns: &str, args: &[&str]) -> Ran {
+    fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr);
         cmd.arg("-a").arg(&self.sock).args(["-n", ns]).args(args);
-        run_timeout(&mut cmd, CTR_TIMEOUT)
+        cmd
+    }
+
+    /// `ctr -a SOCK -n NS ARGS...` in namespace `ns`, unchecked.
+    pub fn ctr_in(&self, ns: &str, args: &[&str]) -> Ran {
+        run_timeout(&mut self.ctr_command(ns, args), CTR_TIMEOUT)
+    }
+
+    /// `ctr …` in the test's namespace that must succeed, its standard
+    /// output (a layer blob, say) written to `out`.
+    pub fn ctr_to(&self, args: &[&str], out: &Path) -> Ran {
+        let mut cmd = self.ctr_command(&self.opts.namespace, args);
+        run_timeout_to(&mut cmd, CTR_TIMEOUT, fs::File::create(out).unwrap()).ok()
     }
 
     /// `ctr …` in the test's namespace, unchecked.
@@ -374,11 +395,17 @@ impl Cluster {
     /// `ctr run --rm` of `image` in `ns` as container `id`, running
     /// `argv`; unchecked.
     pub fn run_in(&self, ns: &str, image: &str, id: &str, argv: &[&str]) -> Ran {
+        self.run_with(ns, &["--rm"], image, id, argv)
+    }
+
+    /// `ctr run FLAGS…` of `image` in `ns` as container `id`, running
+    /// `argv`; unchecked.
+    pub fn run_with(&self, ns: &str, flags: &[&str], image: &str, id: &str, argv: &[&str]) -> Ran {
         let fifo = self.dir.join("fifo");
         let runc_root = self.dir.join("runc");
-        let mut args = vec![
-            "run",
-            "--rm",
+        let mut args = vec!["run"];
+        args.extend(flags);
+        args.extend([
             "--snapshotter",
             self.opts.mode.snapshotter(),
             "--fifo-dir",
@@ -387,7 +414,7 @@ impl Cluster {
             runc_root.to_str().unwrap(),
             image,
             id,
-        ];
+        ]);
         args.extend(argv);
         self.ctr_in(ns, &args)
     }

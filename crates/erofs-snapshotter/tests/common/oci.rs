@@ -424,6 +424,23 @@ pub fn write_layout(spec: &ImageSpec, layers: &[Layer], out: &Path) -> io::Resul
     Ok(m.built)
 }
 
+/// The layers of the image [`write_layout`] wrote to `layout` as `built`,
+/// all of `media_type`, to build another image on top of them.
+pub fn layout_layers(
+    layout: &Path,
+    built: &BuiltImage,
+    media_type: &'static str,
+) -> io::Result<Vec<Layer>> {
+    built
+        .layers
+        .iter()
+        .zip(&built.diff_ids)
+        .map(|(digest, diff_id)| {
+            Layer::prebuilt(&layout.join(blob_name(digest)), media_type, diff_id)
+        })
+        .collect()
+}
+
 /// Pack OCI layout directory `layout` into the OCI archive `out`
 /// (`ctr images import`'s input): `oci-layout`, the blobs, `index.json`.
 pub fn pack_layout(layout: &Path, out: &Path) -> io::Result<()> {
