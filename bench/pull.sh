@@ -21,8 +21,10 @@
 # Prints min/median per image and mode, median ratios, and our daemon's
 # per-stage Apply times (its `msg=apply` log lines, summed per pull).
 # Environment: MODES (default "overlayfs erofs ours"), IMAGES (default
-# "small many large"), CARGO_TARGET_DIR. Needs root, containerd 2.x,
-# runc, skopeo and docker-registry (scripts/setup.sh).
+# "small many large"), OURS_CONFIG (extra lines for our daemon's
+# configuration, e.g. "fsync_layers = false"), CARGO_TARGET_DIR.
+# Needs root, containerd 2.x, runc, skopeo and docker-registry
+# (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -127,8 +129,8 @@ one_run() {
     if [ "$mode" = ours ]; then
         # Blobs straight from containerd's content store, as a node
         # configured with content_dir reads them (docs/configuration.md).
-        echo "content_dir = \"$run_dir/ctd-root/io.containerd.content.v1.content\"" \
-            >"$run_dir/snapd.toml"
+        printf 'content_dir = "%s"\n%s\n' "$run_dir/ctd-root/io.containerd.content.v1.content" \
+            "${OURS_CONFIG:-}" >"$run_dir/snapd.toml"
         "$BIN" serve --config "$run_dir/snapd.toml" --root "$run_dir/snap" \
             --address "$run_dir/snap.sock" --containerd-address "$run_dir/ctd.sock" \
             >"$run_dir/snapd.log" 2>&1 &

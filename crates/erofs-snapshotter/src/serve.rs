@@ -80,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         ApplyOptions {
             tar_index: cfg.enable_tar_index,
+            skip_fsync: !cfg.fsync_layers,
         },
         metrics.clone(),
     );

@@ -82,6 +82,11 @@ pub struct Config {
     /// the tar itself) instead of converting the file data.
     #[serde(default)]
     pub enable_tar_index: bool,
+    /// fsync each layer image the differ writes before it is used
+    /// (default). false leaves it to the kernel's writeback, as
+    /// containerd's own differs do.
+    #[serde(default = "yes")]
+    pub fsync_layers: bool,
     /// `host:port` for a Prometheus text endpoint at `/metrics`; off when
     /// unset.
     #[serde(default)]
@@ -90,6 +95,10 @@ pub struct Config {
 
 fn default_root() -> PathBuf {
     PathBuf::from("/var/lib/erofs-snapshotter")
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_containerd_address() -> PathBuf {
@@ -114,6 +123,7 @@ impl Default for Config {
             containerd_address: default_containerd_address(),
             content_dir: None,
             enable_tar_index: false,
+            fsync_layers: true,
             metrics_address: None,
         }
     }
