@@ -48,5 +48,5 @@ pub use probe::{
     KernelFeatures, kernel_supports_file_backed_erofs, overlay_supports_lowerdir_plus,
 };
 pub use rustix::io::Errno;
-pub use writeback::start_writeback;
 pub use verity::{VerityDigest, VerityMeasurement, VerityStatus, enable_verity, measure_verity};
+pub use writeback::start_writeback;
