@@ -472,6 +472,9 @@ impl Snapshotter {
             let rw = self.layout.rw(id);
             let was_mounted =
                 rw.exists() && sys::is_mountpoint(&rw).map_err(sys_err("checking", &rw))?;
+            if self.vm_shape(snap.kind, block) && !was_mounted {
+                not_in_use(&self.layout.rwlayer(id))?;
+            }
             self.ensure_rw(id)?;
             // A VM container's image is attached to the VM, not mounted
             // here: mount it only for the export (the VM must be stopped).
@@ -702,6 +705,9 @@ impl Snapshotter {
         let converted = !blob.exists();
         if converted {
             if block {
+                if self.vm_shape(snap.kind, block) {
+                    not_in_use(&self.layout.rwlayer(id))?;
+                }
                 self.ensure_rw(id)?;
             }
             self.convert_upper(id, &self.layout.upper(id, block))?;
@@ -927,6 +933,32 @@ fn remove_commit_temps(dir: &Path) {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// Refuse to mount a VM container's writable layer while a VM has it
+/// open: QEMU holds OFD locks on its disk images (`file.locking`), which
+/// conflict with this whole-file write lock. The lock is only a probe
+/// (closing any descriptor of the file drops a POSIX lock, and the loop
+/// device opens it again): containerd does not start a container on a
+/// snapshot that is being committed, so the window is the VM that is
+/// still running, which this catches.
+fn not_in_use(image: &Path) -> Result<()> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io_err("opening", image))?;
+    match rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => {
+            Err(StoreError::FailedPrecondition(format!(
+                "{} is locked by another process (is the container's VM still running?)",
+                image.display()
+            ))
+            .into())
+        }
+        Err(e) => Err(io_err("locking", image)(e.into())),
     }
 }
 

@@ -307,3 +307,54 @@ fn vm_mode_falls_back_to_per_layer_mounts_for_unmergeable_chains() {
     assert!(!root.join("snapshots/2/fsmeta.erofs").exists());
     assert_eq!(s.mounts("default/3/v").unwrap(), m);
 }
+
+#[test]
+fn vm_mode_refuses_to_commit_a_layer_a_vm_holds() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = tmp.path().join("root");
+    let s = open(&root);
+    let l1 = layer(&s, 1, None, |d| fs::write(d.join("f"), "one").unwrap());
+    let m = s
+        .prepare("default/2/ctr", Some(&l1), BTreeMap::new())
+        .unwrap();
+    let image = m.last().unwrap().source.clone();
+    // Another process holding a lock on the image, as QEMU does on the
+    // disks of a running VM.
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, sys, time\n\
+             f = open(sys.argv[1], 'r+b')\n\
+             fcntl.lockf(f, fcntl.LOCK_EX)\n\
+             print('locked', flush=True)\n\
+             time.sleep(120)",
+        ])
+        .arg(&image)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let err = s
+        .commit("default/2/ctr", "c", BTreeMap::new(), None)
+        .unwrap_err();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(
+        err.class(),
+        snapshotter::snapshotter::ErrorClass::FailedPrecondition
+    );
+    assert!(err.to_string().contains("rwlayer.img"), "{err}");
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    // Once the VM is gone the commit goes through.
+    s.commit("default/2/ctr", "c", BTreeMap::new(), None)
+        .unwrap();
+}
