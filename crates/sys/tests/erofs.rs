@@ -10,7 +10,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{Mounted, Scratch, kernel_version, loop_attr, mkfs, wait_for};
+use common::{Mounted, Scratch, kernel_version, loop_attr, mkfs, unmount_settled, wait_for};
 use sys::{
     ErofsOptions, Errno, Error, MountKind, attach_loop, is_mountpoint,
     kernel_supports_file_backed_erofs, loop_devices, mount_erofs, mounts_under, unmount,
@@ -88,7 +88,7 @@ fn file_backed_mount_shows_the_files() {
     }
     assert!(under[0].mount_options.split(',').any(|o| o == "ro"));
 
-    unmount(&mnt, false).unwrap();
+    unmount_settled(&mnt);
     drop(guard);
     assert!(!is_mountpoint(&mnt).unwrap());
     s.assert_no_leaks();
@@ -139,7 +139,7 @@ fn forced_loop_mount_works_and_autoclears() {
     assert_eq!(under.len(), 1);
     assert_eq!(under[0].source, devs[0]);
 
-    unmount(&mnt, false).unwrap();
+    unmount_settled(&mnt);
     drop(guard);
     // Autoclear: the unmount released the last reference.
     wait_for("the loop device to autoclear", || {
@@ -172,7 +172,7 @@ fn attach_mount_unmount_leaves_no_loop_device() {
     assert_eq!(loops_for(&img), vec![path.clone()]);
     assert_small_tree(&mnt);
 
-    unmount(&mnt, false).unwrap();
+    unmount_settled(&mnt);
     drop(guard);
     wait_for("the loop device to autoclear", || {
         loops_for(&img).is_empty()
@@ -269,7 +269,7 @@ fn multi_device_image_mounts_file_backed_and_through_loops() {
         }
         assert_eq!(fs::read(mnt.join("sub/big")).unwrap(), big);
         assert_eq!(fs::read_to_string(mnt.join("a")).unwrap(), "small\n");
-        unmount(&mnt, false).unwrap();
+        unmount_settled(&mnt);
         drop(guard);
     }
     s.assert_no_leaks();
@@ -295,7 +295,7 @@ fn long_image_paths_are_mounted_under_their_real_name() {
     if kind == MountKind::FileBacked {
         assert_eq!(under[0].source, long_img);
     }
-    unmount(&mnt, false).unwrap();
+    unmount_settled(&mnt);
     drop(guard);
     s.assert_no_leaks();
 }

@@ -8,8 +8,8 @@ use std::fs;
 use std::io::Write;
 use std::process::Command;
 
-use common::Scratch;
-use sys::{mount_ext4_image, unmount};
+use common::{Scratch, unmount_settled};
+use sys::mount_ext4_image;
 
 #[test]
 fn ext4_image_mounts_writable_and_enforces_its_size() {
@@ -40,6 +40,6 @@ fn ext4_image_mounts_writable_and_enforces_its_size() {
         "{err}"
     );
     drop(f);
-    unmount(&mnt, false).unwrap();
+    unmount_settled(&mnt);
     s.assert_no_leaks();
 }

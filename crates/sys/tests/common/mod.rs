@@ -198,6 +198,22 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Unmount `target` (not lazily), retrying briefly on EBUSY: a fresh
+/// mount can be pinned for a moment by another process looking at it
+/// (seen once on CI while other mount tests ran on the machine).
+pub fn unmount_settled(target: &Path) {
+    let start = Instant::now();
+    loop {
+        match sys::unmount(target, false) {
+            Ok(()) => return,
+            Err(e) if e.errno() == sys::Errno::BUSY && start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("unmounting {}: {e}", target.display()),
+        }
+    }
+}
+
 /// Unmounts its path on drop (detaching if busy), for mounts a test makes
 /// and wants gone before the end of the test even when it fails midway.
 pub struct Mounted(pub PathBuf);
