@@ -84,6 +84,7 @@ fn tar_index_layers_pull_and_run() {
     let (image, reference, c) = pull_whiteouts(&s, opts);
     let n = image.built.diff_ids.len();
     assert_eq!(applied(&c), n, "layers our differ applied");
+    assert_eq!(apply_sources(&c), ["grpc"], "blobs read over content.v1");
     // Both fscks (fsck.erofs and ours) run on each in layer_images.
     let layers = c.layer_images();
     let mut uuids = BTreeSet::new();
@@ -99,6 +100,39 @@ fn tar_index_layers_pull_and_run() {
     }
     let want: BTreeSet<String> = expected_uuids(&image).into_iter().collect();
     assert_eq!(uuids, want, "one tar-index image per layer of the image");
+    check_container(&c, ns, &reference, &image, "check");
+}
+
+/// Where our differ read each blob from (`source=` of its apply lines).
+fn apply_sources(c: &Cluster) -> Vec<String> {
+    c.daemon_log()
+        .lines()
+        .filter(|l| l.contains(" msg=apply "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("source=")))
+        .map(str::to_string)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// `content_dir`: blobs come straight from containerd's content
+/// directory instead of over content.v1; the result is the same.
+#[test]
+fn content_dir_pull_and_run() {
+    let Some(s) = setup() else { return };
+    let ns = "modes-content-dir";
+    // Where the cluster's containerd keeps its content
+    // (scripts/containerd-config.sh: root = DIR/ctd-root).
+    let store = s
+        .dir(&format!("cluster-{:?}", Mode::Ours))
+        .join("ctd-root/io.containerd.content.v1.content");
+    let opts = Options {
+        daemon_config: Some(format!("content_dir = {:?}\n", store.to_str().unwrap())),
+        ..Options::new(ns, Mode::Ours)
+    };
+    let (image, reference, c) = pull_whiteouts(&s, opts);
+    assert_eq!(applied(&c), image.built.diff_ids.len());
+    assert_eq!(apply_sources(&c), ["content_dir"]);
     check_container(&c, ns, &reference, &image, "check");
 }
 

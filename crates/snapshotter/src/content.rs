@@ -71,19 +71,20 @@ impl ContentSource {
 
     /// Open blob `digest` in namespace `ns`. Called on the async side; the
     /// returned reader must then be used off the executor (it blocks on
-    /// `handle` for each gRPC message).
+    /// `handle` for each gRPC message). Also says where it reads from
+    /// (`content_dir` or `grpc`), for the log.
     pub async fn open(
         &self,
         ns: &str,
         digest: &str,
         handle: tokio::runtime::Handle,
-    ) -> Result<Box<dyn Read + Send>, ContentError> {
+    ) -> Result<(Box<dyn Read + Send>, &'static str), ContentError> {
         if let Some(dir) = &self.dir {
             let path = blob_path(dir, digest)?;
             // Absent: this daemon may see a different containerd root than
             // configured, or the blob lives in another store; fall back.
             if let Ok(f) = File::open(&path) {
-                return Ok(Box::new(f));
+                return Ok((Box::new(f), "content_dir"));
             }
         } else {
             blob_path(Path::new(""), digest)?;
@@ -107,13 +108,16 @@ impl ContentSource {
             .await
             .map_err(read_err)?
             .into_inner();
-        Ok(Box::new(GrpcBlob {
-            stream,
-            handle,
-            buf: Vec::new(),
-            pos: 0,
-            done: false,
-        }))
+        Ok((
+            Box::new(GrpcBlob {
+                stream,
+                handle,
+                buf: Vec::new(),
+                pos: 0,
+                done: false,
+            }),
+            "grpc",
+        ))
     }
 }
 

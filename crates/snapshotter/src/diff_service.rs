@@ -78,7 +78,7 @@ impl DiffService {
         };
         // Refuse before fetching anything.
         differ::classify(&blob.media_type).map_err(apply_status)?;
-        let input = self
+        let (input, source) = self
             .content
             .open(&ns, &blob.digest, tokio::runtime::Handle::current())
             .await
@@ -109,6 +109,7 @@ impl DiffService {
         let mut fields = vec![
             ("layer", desc.digest.clone()),
             ("diff_id", applied.digest.clone()),
+            ("source", source.to_string()),
         ];
         fields.extend(metrics::apply_fields(&applied.timings));
         metrics::log("apply", &fields);
