@@ -169,8 +169,10 @@ pub struct Upper {
 
 impl Drop for Upper {
     fn drop(&mut self) {
+        // Detached: a process forked while the export had a file open
+        // can hold the mount for a moment, and it must not stay mounted.
         if let Some(rw) = self.unmount.take()
-            && let Err(e) = sys::unmount(&rw, false)
+            && let Err(e) = sys::unmount(&rw, true)
         {
             eprintln!("warning: unmounting {}: {e}", rw.display());
         }

@@ -7,8 +7,8 @@ mod common;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 
-use common::{Mounted, Scratch, mkfs};
-use sys::{ErofsOptions, is_mountpoint, mount_bind, mount_erofs, mounts_under, unmount};
+use common::{Mounted, Scratch, mkfs, unmount_settled};
+use sys::{ErofsOptions, is_mountpoint, mount_bind, mount_erofs, mounts_under};
 
 #[test]
 fn mount_points_with_spaces_tabs_and_backslashes() {
@@ -44,8 +44,8 @@ fn mount_points_with_spaces_tabs_and_backslashes() {
     assert!(mounts_under(&s.join("mount")).unwrap().is_empty());
     assert_eq!(mounts_under(&spaced).unwrap().len(), 1);
 
-    unmount(&odd, false).unwrap();
-    unmount(&spaced, false).unwrap();
+    unmount_settled(&odd);
+    unmount_settled(&spaced);
     drop((g1, g2));
     s.assert_no_leaks();
 }
@@ -71,7 +71,7 @@ fn is_mountpoint_edge_cases() {
     assert!(!is_mountpoint(&link).unwrap());
     // mounts_under resolves symlinks in the prefix, as mountinfo does.
     assert_eq!(mounts_under(&link).unwrap().len(), 1);
-    unmount(&target, false).unwrap();
+    unmount_settled(&target);
     drop(g);
     s.assert_no_leaks();
 }

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Mounted, Scratch, kernel_version, mkfs};
+use common::{Mounted, Scratch, kernel_version, mkfs, unmount_settled};
 use sys::{
     ErofsOptions, Errno, Error, MountKind, is_mountpoint, mount_bind, mount_erofs, mount_overlay,
-    mounts_under, overlay_supports_lowerdir_plus, unmount,
+    mounts_under, overlay_supports_lowerdir_plus,
 };
 
 const LAYERS: usize = 130;
@@ -113,10 +113,10 @@ fn overlay_of_130_erofs_layers_with_upper() {
     assert_eq!(ovl.source, Path::new("overlay"));
 
     // Unmount top-down: the overlay, then the layers.
-    unmount(&merged, false).unwrap();
+    unmount_settled(&merged);
     drop(merged_guard);
     for mnt in &lowers {
-        unmount(mnt, false).unwrap();
+        unmount_settled(mnt);
     }
     drop(guards);
     s.assert_no_leaks();
@@ -155,7 +155,7 @@ fn overlay_with_layer_paths_longer_than_fsconfig_values() {
     assert_eq!(fs::read_to_string(merged.join("f19")).unwrap(), "19");
     fs::write(merged.join("w"), "w").unwrap();
     assert_eq!(fs::read_to_string(upper.join("w")).unwrap(), "w");
-    unmount(&merged, false).unwrap();
+    unmount_settled(&merged);
     drop(guard);
     s.assert_no_leaks();
 }
@@ -187,7 +187,7 @@ fn overlay_paths_with_separator_characters() {
     }
     fs::write(merged.join("x"), "x").unwrap();
     assert!(upper.join("x").exists());
-    unmount(&merged, false).unwrap();
+    unmount_settled(&merged);
     drop(guard);
     s.assert_no_leaks();
 }
@@ -208,7 +208,7 @@ fn read_only_overlay_without_upper() {
     assert_eq!(fs::read_to_string(merged.join("g")).unwrap(), "g");
     let err = fs::write(merged.join("h"), "h").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(Errno::ROFS.raw_os_error()));
-    unmount(&merged, false).unwrap();
+    unmount_settled(&merged);
     drop(guard);
     s.assert_no_leaks();
 }
@@ -278,8 +278,8 @@ fn bind_mounts_read_write_and_read_only() {
             .any(|m| m.mount_point == ro && m.mount_options.split(',').any(|o| o == "ro"))
     );
 
-    unmount(&ro, false).unwrap();
-    unmount(&rw, false).unwrap();
+    unmount_settled(&ro);
+    unmount_settled(&rw);
     drop((ro_guard, rw_guard));
 
     let err = mount_bind(&s.join("nope"), &rw, true).unwrap_err();
