@@ -198,9 +198,10 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Unmount `target` (not lazily), retrying briefly on EBUSY: a fresh
-/// mount can be pinned for a moment by another process looking at it
-/// (seen once on CI while other mount tests ran on the machine).
+/// Unmount `target` (not lazily), retrying briefly on EBUSY: a test on
+/// another thread that spawns a command (mkfs.erofs) forks a child that
+/// holds copies of our open descriptors until it execs, so a file just
+/// closed here can pin the mount for a moment (seen twice on CI).
 pub fn unmount_settled(target: &Path) {
     let start = Instant::now();
     loop {
