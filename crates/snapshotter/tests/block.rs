@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{mounts_under, root_or_skip};
+use common::{Scratch, mounts_under, root_or_skip};
 use snapshotter::snapshotter::{Config, Snapshotter};
 
 /// Mount an overlay spec with mount(8); unmounted on drop.
@@ -50,7 +50,7 @@ fn default_size_is_a_quota_and_commits_to_erofs() {
     if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = Scratch::new();
     let root = tmp.path().join("root");
     let s = Snapshotter::open(Config {
         root: root.clone(),
@@ -107,7 +107,7 @@ fn set_immutable_protects_committed_layers() {
     if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = Scratch::new();
     let root = tmp.path().join("root");
     let s = Snapshotter::open(Config {
         root: root.clone(),
@@ -140,7 +140,7 @@ fn upper_root_inherits_the_parent_layer_owner_in_both_modes() {
         snapshotter::config::MountMode::SelfMount,
         snapshotter::config::MountMode::MountManager,
     ] {
-        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let tmp = Scratch::new();
         let root = tmp.path().join("root");
         let s = Snapshotter::open(Config {
             root: root.clone(),

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{mounts_under, root_or_skip};
+use common::{Scratch, mounts_under, root_or_skip};
 use snapshotter::config::Mode;
 use snapshotter::mounts::MountSpec;
 use snapshotter::snapshotter::{Config, Snapshotter, TARGET_LABEL};
@@ -126,7 +126,7 @@ fn vm_mode_mounts_fsmeta_and_commits_the_ext4_upper() {
     if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = Scratch::new();
     let root = tmp.path().join("root");
     let s = open(&root);
 
@@ -273,7 +273,7 @@ fn vm_mode_falls_back_to_per_layer_mounts_for_unmergeable_chains() {
     if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = Scratch::new();
     let root = tmp.path().join("root");
     let s = open(&root);
     let l1 = layer(&s, 1, None, |d| fs::write(d.join("f"), "one").unwrap());
@@ -313,7 +313,7 @@ fn vm_mode_refuses_to_commit_a_layer_a_vm_holds() {
     if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = Scratch::new();
     let root = tmp.path().join("root");
     let s = open(&root);
     let l1 = layer(&s, 1, None, |d| fs::write(d.join("f"), "one").unwrap());

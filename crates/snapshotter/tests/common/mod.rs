@@ -28,3 +28,27 @@ pub fn mounts_under(root: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A temporary directory for a snapshotter root. The daemon's layer
+/// mounts outlive it by design, so a test that fails midway would leave
+/// them behind: on drop, everything mounted below is detached first.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Deepest first: mountinfo lists parents before children.
+        for m in mounts_under(self.0.path()).iter().rev() {
+            let _ = sys::unmount(Path::new(m), true);
+        }
+    }
+}
