@@ -79,15 +79,15 @@ impl ContentSource {
         digest: &str,
         handle: tokio::runtime::Handle,
     ) -> Result<(Box<dyn Read + Send>, &'static str), ContentError> {
+        // Checked whichever way the blob is read: a malformed digest is
+        // the caller's error, not containerd's.
+        let relative = blob_path(Path::new(""), digest)?;
         if let Some(dir) = &self.dir {
-            let path = blob_path(dir, digest)?;
             // Absent: this daemon may see a different containerd root than
             // configured, or the blob lives in another store; fall back.
-            if let Ok(f) = File::open(&path) {
+            if let Ok(f) = File::open(dir.join(&relative)) {
                 return Ok((Box::new(f), "content_dir"));
             }
-        } else {
-            blob_path(Path::new(""), digest)?;
         }
         let channel = self.connect().await?;
         let read_err = |s: proto::tonic::Status| ContentError::Read {
