@@ -63,6 +63,19 @@ impl ErrorKind {
     }
 }
 
+/// `e` and all its sources, joined with ": ". containerd shows only a
+/// status's message to the user, so the message must carry the causes.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// The status to return for an error of `kind`; `msg` is for people.
 pub fn status(kind: ErrorKind, msg: impl Into<String>) -> Status {
     Status::new(kind.code(), msg)

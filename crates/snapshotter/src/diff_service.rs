@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
-use proto::errdefs::{ErrorKind, status};
+use proto::errdefs::{ErrorKind, chain, status};
 use proto::tonic::{Request, Response, Status};
 use proto::types::Descriptor;
 
@@ -241,18 +241,6 @@ fn start_nanos() -> u128 {
         .unwrap_or_default()
 }
 
-/// The whole error chain, since containerd shows only this string.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
 fn apply_status(e: ApplyError) -> Status {
     let kind = if e.is_invalid_input() {
         ErrorKind::InvalidArgument
@@ -287,10 +275,7 @@ impl proto::diff::Diff for DiffService {
                     "apply failed",
                     &[
                         ("error", s.message().to_string()),
-                        (
-                            "total_ms",
-                            format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
-                        ),
+                        ("total_ms", metrics::ms(start.elapsed())),
                     ],
                 );
             }

@@ -185,9 +185,13 @@ pub fn log(msg: &str, fields: &[(&str, String)]) {
     eprintln!("{line}");
 }
 
+/// A duration as log lines show it: milliseconds, one decimal.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
 /// The log fields of one Apply, in milliseconds.
 pub fn apply_fields(t: &Timings) -> Vec<(&'static str, String)> {
-    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
     let mut f = vec![
         ("blob_bytes", t.blob_bytes.to_string()),
         ("tar_bytes", t.tar_bytes.to_string()),

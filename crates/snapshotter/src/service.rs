@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use proto::errdefs::{ErrorKind, status};
+use proto::errdefs::{ErrorKind, chain, status};
 use proto::snapshots as pb;
 use proto::tonic::{Request, Response, Status};
 use proto::types::Mount;
@@ -53,15 +53,7 @@ fn to_status(e: Error) -> Status {
         ErrorClass::InvalidArgument => ErrorKind::InvalidArgument,
         ErrorClass::Internal => ErrorKind::Internal,
     };
-    // The whole chain: containerd shows only this string to the user.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    status(kind, msg)
+    status(kind, chain(&e))
 }
 
 /// Run blocking snapshot work on the blocking pool.
@@ -237,10 +229,7 @@ impl pb::Snapshots for SnapshotService {
                 ("key", key),
                 ("name", name),
                 ("parent", parent),
-                (
-                    "commit_ms",
-                    format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
-                ),
+                ("commit_ms", crate::metrics::ms(start.elapsed())),
             ],
         );
         Ok(Response::new(()))

@@ -418,10 +418,7 @@ impl Snapshotter {
                 ("top", top.to_string()),
                 ("layers", parents.len().to_string()),
                 ("bytes", summary.image.image_bytes.to_string()),
-                (
-                    "build_ms",
-                    format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0),
-                ),
+                ("build_ms", crate::metrics::ms(start.elapsed())),
             ],
         );
         Ok(true)

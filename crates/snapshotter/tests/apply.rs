@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use layer::digest::Digest;
+use proto::errdefs::chain;
 use snapshotter::differ::{self, ApplyError, ApplyOptions, Blob};
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -264,15 +265,4 @@ fn bad_blobs_are_refused_and_leave_nothing() {
         );
         assert!(err.to_string().contains(mt), "{err}");
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
