@@ -322,14 +322,7 @@ impl Snapshotter {
                 .filter_map(|o| o.strip_prefix("upperdir="))
                 .map(PathBuf::from);
             for path in std::iter::once(m.source.clone()).chain(uppers) {
-                let Ok(rest) = path.strip_prefix(&snapshots) else {
-                    continue;
-                };
-                let Some(id) = rest
-                    .components()
-                    .next()
-                    .and_then(|c| Layout::parse_id(c.as_os_str()))
-                else {
+                let Some(id) = id_below(&snapshots, &path) else {
                     continue;
                 };
                 // Only active snapshots carry the marker; committed
@@ -487,15 +480,7 @@ impl Snapshotter {
     /// The committed layer a mount source or lowerdir entry refers to: a
     /// layer image, or its mount point.
     fn layer_id(&self, path: &Path) -> Option<u64> {
-        for base in [self.layout.snapshots(), self.layout.mounts()] {
-            if let Ok(rest) = path.strip_prefix(&base) {
-                return rest
-                    .components()
-                    .next()
-                    .and_then(|c| Layout::parse_id(c.as_os_str()));
-            }
-        }
-        None
+        id_below(&self.layout.snapshots(), path).or_else(|| id_below(&self.layout.mounts(), path))
     }
 
     /// A committed snapshot that already holds extraction target `target`
@@ -959,6 +944,12 @@ fn not_in_use(image: &Path) -> Result<()> {
         }
         Err(e) => Err(io_err("locking", image)(e.into())),
     }
+}
+
+/// The id of `base/<id>/…` that `path` lies in, if it does.
+fn id_below(base: &Path, path: &Path) -> Option<u64> {
+    let first = path.strip_prefix(base).ok()?.components().next()?;
+    Layout::parse_id(first.as_os_str())
 }
 
 /// Write a small file through a temporary file and rename (fsynced, so
