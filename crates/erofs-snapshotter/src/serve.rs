@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use snapshotter::config::Config;
+use snapshotter::config::{Config, LayerSync};
 use snapshotter::content::ContentSource;
 use snapshotter::diff_service::DiffService;
 use snapshotter::differ::ApplyOptions;
@@ -73,17 +73,20 @@ pub fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let snapshots = SnapshotService::new(core.clone(), metrics.clone());
     let diff = DiffService::new(
-        core,
+        core.clone(),
         ContentSource {
             address: cfg.containerd_address.clone(),
             dir: cfg.content_dir.clone(),
         },
         ApplyOptions {
             tar_index: cfg.enable_tar_index,
-            skip_fsync: !cfg.fsync_layers,
+            defer_sync: cfg.layer_sync == LayerSync::Deferred,
         },
         metrics.clone(),
-    );
+    )
+    .context("starting the layer sync thread")?;
+    let syncer = diff.syncer();
+    let rebuilder = diff.rebuilder();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +106,7 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("metrics on http://{addr}/metrics");
             tokio::spawn(metrics.serve(listener));
         }
+        tokio::spawn(rebuilder.run());
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -118,5 +122,8 @@ pub fn run(args: Args) -> Result<()> {
             .await
             .with_context(|| format!("serving on {}", address.display()))
     })?;
+    // A clean stop leaves every image on disk, so the next start has
+    // nothing to check.
+    syncer.stop();
     Ok(())
 }

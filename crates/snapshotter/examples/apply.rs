@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.digest().to_string()
     };
     let b = snapshotter::differ::Blob {
+        namespace: String::new(),
         media_type: media_type.clone(),
         digest,
         size: bytes,

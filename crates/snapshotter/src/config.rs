@@ -42,6 +42,18 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// When a layer image the differ writes reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerSync {
+    /// Answer Apply at once and fsync in the background; an image a crash
+    /// tore is found at the next start and rebuilt from its blob.
+    #[default]
+    Deferred,
+    /// fsync before answering Apply.
+    Sync,
+}
+
 /// The writable layer of a VM-mode container when `default_size` is 0.
 pub const VM_DEFAULT_SIZE: u64 = 64 << 20;
 
@@ -82,11 +94,10 @@ pub struct Config {
     /// the tar itself) instead of converting the file data.
     #[serde(default)]
     pub enable_tar_index: bool,
-    /// fsync each layer image the differ writes before it is used
-    /// (default). false leaves it to the kernel's writeback, as
-    /// containerd's own differs do.
-    #[serde(default = "yes")]
-    pub fsync_layers: bool,
+    /// When the differ's images are fsynced: in the background after
+    /// Apply answers (default), or before.
+    #[serde(default)]
+    pub layer_sync: LayerSync,
     /// `host:port` for a Prometheus text endpoint at `/metrics`; off when
     /// unset.
     #[serde(default)]
@@ -95,10 +106,6 @@ pub struct Config {
 
 fn default_root() -> PathBuf {
     PathBuf::from("/var/lib/erofs-snapshotter")
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_containerd_address() -> PathBuf {
@@ -123,7 +130,7 @@ impl Default for Config {
             containerd_address: default_containerd_address(),
             content_dir: None,
             enable_tar_index: false,
-            fsync_layers: true,
+            layer_sync: LayerSync::Deferred,
             metrics_address: None,
         }
     }
@@ -188,5 +195,9 @@ mod tests {
         assert!(toml::from_str::<Config>(r#"mode = "guest""#).is_err());
         assert_eq!("vm".parse::<Mode>(), Ok(Mode::Vm));
         assert!("VM".parse::<Mode>().is_err());
+        assert_eq!(Config::default().layer_sync, LayerSync::Deferred);
+        let c: Config = toml::from_str(r#"layer_sync = "sync""#).unwrap();
+        assert_eq!(c.layer_sync, LayerSync::Sync);
+        assert!(toml::from_str::<Config>(r#"layer_sync = "never""#).is_err());
     }
 }

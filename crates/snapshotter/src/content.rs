@@ -47,6 +47,19 @@ pub enum ContentError {
     BadDigest(String),
 }
 
+impl ContentError {
+    /// containerd is not there (yet): worth retrying.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ContentError::Connect { .. } => true,
+            ContentError::Read { source, .. } | ContentError::Write { source, .. } => {
+                source.code() == proto::tonic::Code::Unavailable
+            }
+            ContentError::BadDigest(_) => false,
+        }
+    }
+}
+
 /// The path of `digest` below a content store root, if it is a
 /// well-formed sha256 digest (anything else could name a path outside).
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, ContentError> {

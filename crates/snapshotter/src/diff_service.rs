@@ -3,10 +3,12 @@
 //! Compare (the `Diff` RPC) exports an active snapshot's overlay upper as
 //! an OCI layer into containerd's content store. Mounts that are not ours
 //! get Unimplemented, which makes containerd's diff service try its next
-//! differ.
+//! differ. It also owns the background fsync of the images Apply wrote
+//! (`durability`) and rebuilds those a crash may have torn.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
 use proto::errdefs::{ErrorKind, chain, status};
@@ -15,6 +17,7 @@ use proto::types::Descriptor;
 
 use crate::content::{ContentError, ContentSource, UploadTarget};
 use crate::differ::{self, ApplyError, ApplyOptions, Blob};
+use crate::durability::{Record, Syncer};
 use crate::metrics::{self, Metrics};
 use crate::mounts::MountSpec;
 use crate::snapshotter::Snapshotter;
@@ -24,20 +27,61 @@ pub struct DiffService {
     content: ContentSource,
     opts: ApplyOptions,
     metrics: Arc<Metrics>,
+    syncer: Arc<Syncer>,
 }
 
+/// How long a rebuild waits for containerd to come up (it may start after
+/// us at boot) before it gives up on a layer.
+const REBUILD_PATIENCE: Duration = Duration::from_secs(300);
+
 impl DiffService {
+    /// Also queues the images the start-up scan found not yet fsynced.
     pub fn new(
         snapshots: Arc<Snapshotter>,
         content: ContentSource,
         opts: ApplyOptions,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        DiffService {
+    ) -> std::io::Result<Self> {
+        let m = metrics.clone();
+        let syncer = Syncer::start(Box::new(move |synced| {
+            let result = match &synced.error {
+                None => "ok",
+                Some(_) => "error",
+            };
+            m.op("layer_sync", result, synced.sync);
+            let mut fields = vec![
+                ("dir", synced.dir.display().to_string()),
+                ("sync_ms", metrics::ms(synced.sync)),
+                ("lag_ms", metrics::ms(synced.lag)),
+            ];
+            if let Some(e) = &synced.error {
+                fields.push(("error", e.clone()));
+            }
+            metrics::log("layer durable", &fields);
+        }))?;
+        for dir in snapshots.take_pending() {
+            syncer.submit(dir);
+        }
+        Ok(DiffService {
             snapshots,
             content,
             opts,
             metrics,
+            syncer: Arc::new(syncer),
+        })
+    }
+
+    /// The background fsync, to drain at shutdown.
+    pub fn syncer(&self) -> Arc<Syncer> {
+        self.syncer.clone()
+    }
+
+    /// The task that rebuilds the layers a crash may have torn.
+    pub fn rebuilder(&self) -> Rebuilder {
+        Rebuilder {
+            snapshots: self.snapshots.clone(),
+            content: self.content.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -72,6 +116,7 @@ impl DiffService {
             ));
         }
         let blob = Blob {
+            namespace: ns.clone(),
             media_type: desc.media_type.clone(),
             digest: desc.digest.clone(),
             size: u64::try_from(desc.size).unwrap_or(0),
@@ -83,13 +128,18 @@ impl DiffService {
             .open(&ns, &blob.digest, tokio::runtime::Handle::current())
             .await
             .map_err(content_status)?;
-        let opts = self.opts.clone();
         let sync_fs = r.sync_fs;
+        let opts = ApplyOptions {
+            // syncfs makes the image durable anyway.
+            defer_sync: self.opts.defer_sync && !sync_fs,
+            ..self.opts.clone()
+        };
+        let target = dir.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let applied = differ::apply(&dir, &blob, input, &opts)?;
             if sync_fs {
                 // containerd's sync_fs: the whole filesystem, not just our
-                // file (which apply already fsynced).
+                // file (which apply fsynced).
                 let f = std::fs::File::open(&dir).map_err(|source| ApplyError::Io {
                     what: "opening",
                     path: dir.clone(),
@@ -106,6 +156,9 @@ impl DiffService {
         .await
         .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?
         .map_err(apply_status)?;
+        if applied.deferred {
+            self.syncer.submit(target);
+        }
         let mut fields = vec![
             ("layer", desc.digest.clone()),
             ("diff_id", applied.digest.clone()),
@@ -122,6 +175,98 @@ impl DiffService {
                 annotations: Default::default(),
             }),
         })
+    }
+}
+
+/// Rebuilds, at start-up, the layers a crash may have torn.
+pub struct Rebuilder {
+    snapshots: Arc<Snapshotter>,
+    content: ContentSource,
+    metrics: Arc<Metrics>,
+}
+
+impl Rebuilder {
+    /// Rebuild every layer the start-up scan found possibly torn, from
+    /// the blob its record names; the snapshotter refuses to mount them
+    /// until then. A layer that cannot be rebuilt stays refused, with
+    /// the reason in its error.
+    pub async fn run(self) {
+        for (id, dir, record) in self.snapshots.lost_layers() {
+            let start = Instant::now();
+            let Some(record) = record else {
+                // Nothing to rebuild from; the error says so already.
+                continue;
+            };
+            let result = self.rebuild(id, &dir, &record).await;
+            self.metrics.op(
+                "layer_rebuild",
+                if result.is_ok() { "ok" } else { "error" },
+                start.elapsed(),
+            );
+            let mut fields = vec![
+                ("snapshot", id.to_string()),
+                ("layer", record.digest.clone()),
+                ("total_ms", metrics::ms(start.elapsed())),
+            ];
+            if let Err(e) = result {
+                fields.push(("error", e.clone()));
+                if let Err(e2) = self.snapshots.rebuild_failed(id, &record, &e) {
+                    fields.push(("record_error", chain(&e2)));
+                }
+                metrics::log("layer rebuild failed", &fields);
+            } else {
+                metrics::log("layer rebuilt", &fields);
+            }
+        }
+    }
+
+    async fn rebuild(&self, id: u64, dir: &Path, record: &Record) -> Result<(), String> {
+        let blob = Blob {
+            namespace: record.namespace.clone(),
+            media_type: record.media_type.clone(),
+            digest: record.digest.clone(),
+            size: record.size,
+        };
+        let deadline = Instant::now() + REBUILD_PATIENCE;
+        let mut delay = Duration::from_millis(500);
+        let (input, _) = loop {
+            match self
+                .content
+                .open(
+                    &blob.namespace,
+                    &blob.digest,
+                    tokio::runtime::Handle::current(),
+                )
+                .await
+            {
+                Ok(opened) => break opened,
+                Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(chain(&e)),
+            }
+        };
+        let snaps = self.snapshots.clone();
+        let dir: PathBuf = dir.to_path_buf();
+        let opts = ApplyOptions {
+            tar_index: record.tar_index,
+            defer_sync: false,
+        };
+        let expected = record.diff_id.clone();
+        tokio::task::spawn_blocking(move || {
+            snaps.begin_rebuild(id).map_err(|e| chain(&e))?;
+            let applied = differ::apply(&dir, &blob, input, &opts).map_err(|e| chain(&e))?;
+            if applied.digest != expected {
+                return Err(format!(
+                    "the rebuilt image has digest {} where Apply returned {expected}",
+                    applied.digest
+                ));
+            }
+            snaps.rebuilt(id).map_err(|e| chain(&e))
+        })
+        .await
+        .map_err(|e| format!("worker failed: {e}"))?
     }
 }
 

@@ -7,7 +7,9 @@
 //! the diffID and writes the image. With a plain tar the fetch hash is
 //! already the diffID and there is no inflate stage. Nothing reaches
 //! `layer.erofs` unless every check passed: the image is written to a
-//! temporary file beside it and renamed into place after an fsync.
+//! temporary file beside it and renamed into place, after an fsync or,
+//! by default, with a record that a background fsync clears (see
+//! `durability`).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -22,6 +24,7 @@ use layer::convert::{ConvertError, ConvertOptions, stream_tar};
 use layer::digest::Digest;
 use layer::pipeline;
 
+use crate::durability;
 use crate::layout::{BLOB, TEMP_PREFIX};
 
 /// The media type Apply returns for a tar layer: the descriptor of the
@@ -144,6 +147,9 @@ pub fn classify(media_type: &str) -> Result<LayerKind, ApplyError> {
 /// The layer to apply, as containerd describes it.
 #[derive(Debug, Clone)]
 pub struct Blob {
+    /// The containerd namespace it is read in (recorded, so that a layer
+    /// torn by a crash can be read again).
+    pub namespace: String,
     pub media_type: String,
     pub digest: String,
     /// 0 when unknown.
@@ -176,6 +182,9 @@ pub struct Applied {
     pub digest: String,
     pub size: u64,
     pub timings: Timings,
+    /// The image is not on disk yet: the caller must have it fsynced
+    /// (`durability::Syncer`).
+    pub deferred: bool,
 }
 
 /// How to write layers.
@@ -183,11 +192,11 @@ pub struct Applied {
 pub struct ApplyOptions {
     /// Tar index instead of a full conversion (`enable_tar_index`).
     pub tar_index: bool,
-    /// Leave the image to the kernel's writeback instead of fsyncing it
-    /// (`fsync_layers = false`): what containerd's own differs do, faster
-    /// on slow disks, but a power cut soon after a pull can leave a
-    /// committed layer with lost data.
-    pub skip_fsync: bool,
+    /// Answer before the image is on disk, leaving a
+    /// `durability::PENDING` record for the caller's background fsync
+    /// (`layer_sync = "deferred"`). Where the filesystem cannot hold the
+    /// record, the image is fsynced first anyway.
+    pub defer_sync: bool,
 }
 
 /// A reader that counts the time spent inside `read`.
@@ -235,14 +244,9 @@ pub fn apply(
     let out = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
 
     let mut timings = Timings::default();
-    let flusher = if opts.skip_fsync {
-        None
-    } else {
-        Some(
-            Flusher::start(&out, tmp.path())
-                .map_err(io_err("starting writeback of", tmp.path()))?,
-        )
-    };
+    // Deferred or not, the disk should be busy while the CPUs convert.
+    let flusher =
+        Flusher::start(&out, tmp.path()).map_err(io_err("starting writeback of", tmp.path()))?;
     let (media_type, digest, size, file) = match kind {
         LayerKind::Tar(compression) => {
             let (found, decoded) =
@@ -334,7 +338,21 @@ pub fn apply(
         }
     };
     drop(flusher);
-    if !opts.skip_fsync {
+    let deferred = opts.defer_sync && {
+        let record = durability::Record {
+            boot_id: durability::boot_id().map_err(io_err("reading", Path::new("boot_id")))?,
+            namespace: blob.namespace.clone(),
+            digest: blob.digest.clone(),
+            media_type: blob.media_type.clone(),
+            size: blob.size,
+            diff_id: digest.clone(),
+            tar_index: opts.tar_index,
+            failure: None,
+        };
+        // Before the rename: the image must never be there without it.
+        durability::mark_pending(dir, &record).map_err(io_err("recording the layer in", dir))?
+    };
+    if !deferred {
         timings.fsync = sync(&file, tmp.path())?;
     }
     let target = dir.join(BLOB);
@@ -343,9 +361,13 @@ pub fn apply(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .map_err(io_err("chmod", tmp.path()))?;
-    tmp.persist(&target)
-        .map_err(|e| io_err("renaming into", &target)(e.error))?;
-    if !opts.skip_fsync {
+    if let Err(e) = tmp.persist(&target) {
+        if deferred {
+            let _ = durability::clear_pending(dir);
+        }
+        return Err(io_err("renaming into", &target)(e.error));
+    }
+    if !deferred {
         let dir_sync = Instant::now();
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -358,6 +380,7 @@ pub fn apply(
         digest,
         size,
         timings,
+        deferred,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod content;
 pub mod diff_service;
 pub mod differ;
+pub mod durability;
 pub mod filters;
 pub mod layout;
 pub mod metrics;

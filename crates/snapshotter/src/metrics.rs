@@ -173,8 +173,8 @@ pub fn log(msg: &str, fields: &[(&str, String)]) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let mut line = format!("ts={}.{:03} msg={msg}", now.as_secs(), now.subsec_millis());
-    for (k, v) in fields {
+    let mut line = format!("ts={}.{:03}", now.as_secs(), now.subsec_millis());
+    for (k, v) in std::iter::once(&("msg", msg.to_string())).chain(fields) {
         let needs_quotes = v.is_empty() || v.contains([' ', '"', '=', '\n']);
         if needs_quotes {
             let _ = write!(line, " {k}={v:?}");

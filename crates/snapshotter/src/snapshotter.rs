@@ -13,6 +13,10 @@
 //! * remove: the record goes first, then the directory moves to `trash/`.
 //!   A crash in between leaves a directory without a record, which the
 //!   start-up scan moves to the trash.
+//! * the differ's images may reach the disk after Apply answers (see
+//!   `durability`): the start-up scan queues those of this boot for an
+//!   fsync and sets aside those a crash may have torn, which nothing
+//!   mounts until the differ has rebuilt them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::config::{Mode, MountMode, VM_DEFAULT_SIZE};
+use crate::durability::{self, Record};
 use crate::filters::{self, Fields};
 use crate::layout::{Layout, NEW_PREFIX, TEMP_PREFIX};
 use crate::mounts::{self, MountError, MountSpec};
@@ -158,6 +163,11 @@ pub struct Snapshotter {
     lowers: Mutex<()>,
     /// Serializes fsmeta builds, so one chain is merged once.
     fsmeta: Mutex<()>,
+    /// Committed layers a crash may have torn, with their records, until
+    /// rebuilt.
+    lost: Mutex<BTreeMap<u64, Option<Record>>>,
+    /// Images of this boot the start-up scan found not yet fsynced.
+    pending: Mutex<Vec<PathBuf>>,
 }
 
 /// An upper directory to read, mounted for the purpose if it lives in a
@@ -204,6 +214,8 @@ impl Snapshotter {
             cfg,
             lowers: Mutex::new(()),
             fsmeta: Mutex::new(()),
+            lost: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Vec::new()),
         };
         s.recover(true)?;
         Ok(s)
@@ -244,6 +256,14 @@ impl Snapshotter {
                 "target snapshot {target:?} already exists as {existing:?}"
             ))
             .into());
+        }
+        if let Some(p) = parent
+            && !self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        {
+            let (p, _) = self.store.get(p)?;
+            let mut chain = vec![p.id];
+            chain.extend(p.parent_ids);
+            self.check_not_lost(&chain)?;
         }
         // VM mode gives containers an ext4 image for the VM to attach;
         // extraction snapshots keep the host shape, so that any differ can
@@ -546,6 +566,7 @@ impl Snapshotter {
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
         let (snap, _) = self.store.get(key)?;
         let block = self.layout.rwlayer(snap.id).exists();
+        self.check_not_lost(&snap.parent_ids)?;
         if snap.kind != Kind::Committed {
             self.activate(snap.id, snap.kind, &snap.parent_ids, block)?;
         }
@@ -707,22 +728,9 @@ impl Snapshotter {
                 let _ = fs::remove_file(&blob);
             }
         };
-        if self.cfg.enable_fsverity {
-            match sys::enable_verity(&blob) {
-                Ok(sys::VerityStatus::Unsupported) => {
-                    eprintln!("warning: fs-verity unsupported for {}", blob.display());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    discard();
-                    return Err(sys_err("enabling fs-verity on", &blob)(e));
-                }
-            }
-        }
-        if self.cfg.set_immutable
-            && let Err(e) = sys::set_immutable(&blob, true)
-        {
-            eprintln!("warning: set_immutable {}: {e}", blob.display());
+        if let Err(e) = self.seal(&blob) {
+            discard();
+            return Err(e);
         }
         let size = fs::metadata(&blob).map_err(io_err("stat", &blob))?.len();
         let usage = Usage {
@@ -749,6 +757,179 @@ impl Snapshotter {
             let _ = fs::remove_file(self.layout.rwlayer(id));
         }
         let _ = fs::remove_file(self.layout.quota(id));
+        Ok(())
+    }
+
+    /// fs-verity and the immutable flag on a finished image, as
+    /// configured.
+    fn seal(&self, blob: &Path) -> Result<()> {
+        if self.cfg.enable_fsverity {
+            match sys::enable_verity(blob) {
+                Ok(sys::VerityStatus::Unsupported) => {
+                    eprintln!("warning: fs-verity unsupported for {}", blob.display());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(sys_err("enabling fs-verity on", blob)(e)),
+            }
+        }
+        if self.cfg.set_immutable
+            && let Err(e) = sys::set_immutable(blob, true)
+        {
+            eprintln!("warning: set_immutable {}: {e}", blob.display());
+        }
+        Ok(())
+    }
+
+    /// Refuse to mount a chain with a layer a crash may have torn.
+    fn check_not_lost(&self, ids: &[u64]) -> Result<()> {
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            let Some(record) = lost.get(id) else {
+                continue;
+            };
+            let layer = record.as_ref().map_or_else(
+                || format!("snapshot {id}"),
+                |r| format!("layer {} (snapshot {id})", r.digest),
+            );
+            let msg = match record.as_ref().and_then(|r| r.failure.as_deref()) {
+                Some(failure) => format!(
+                    "{layer} may have been torn by a crash before it reached the disk and could not be rebuilt ({failure}); remove the image and pull it again"
+                ),
+                None if record.is_none() => format!(
+                    "{layer} may have been torn by a crash before it reached the disk and its record is unreadable; remove the image and pull it again"
+                ),
+                None => format!(
+                    "{layer} may have been torn by a crash before it reached the disk and is being rebuilt from its blob; retry shortly"
+                ),
+            };
+            return Err(StoreError::FailedPrecondition(msg).into());
+        }
+        Ok(())
+    }
+
+    /// Images written in this boot that the start-up scan found not yet
+    /// fsynced: the caller queues them (once).
+    pub fn take_pending(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Committed layers that wait for a rebuild: id, directory, record.
+    pub fn lost_layers(&self) -> Vec<(u64, PathBuf, Option<Record>)> {
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.iter()
+            .map(|(&id, r)| (id, self.layout.snapshot(id), r.clone()))
+            .collect()
+    }
+
+    /// Make a lost layer's image replaceable (the immutable flag).
+    pub fn begin_rebuild(&self, id: u64) -> Result<()> {
+        let blob = self.layout.blob(id);
+        if self.cfg.set_immutable && blob.exists() {
+            sys::set_immutable(&blob, false).map_err(sys_err("clearing immutable on", &blob))?;
+        }
+        Ok(())
+    }
+
+    /// The differ rebuilt `id`'s image (fsynced): seal it and mount it
+    /// again. Merged metadata built over the torn image goes too, rebuilt
+    /// on the next use, in case this build differs from the one before
+    /// the crash.
+    pub fn rebuilt(&self, id: u64) -> Result<()> {
+        let blob = self.layout.blob(id);
+        self.seal(&blob)?;
+        let mut tops = Vec::new();
+        self.store.walk(&mut |info| {
+            tops.push(info.name.clone());
+            true
+        })?;
+        for key in tops {
+            if let Ok((snap, _)) = self.store.get(&key)
+                && (snap.id == id || snap.parent_ids.contains(&id))
+            {
+                for f in [
+                    self.layout.fsmeta(snap.id),
+                    self.layout.vmdk(snap.id),
+                    self.layout.manifest(snap.id),
+                    self.layout.fsmeta_refused(snap.id),
+                ] {
+                    let _ = fs::remove_file(f);
+                }
+            }
+        }
+        // A mount of the torn image would otherwise be reused; whoever
+        // still has it open keeps it (detached).
+        let lower = self.layout.lower(id);
+        {
+            let _guard = self.lowers.lock().unwrap_or_else(|p| p.into_inner());
+            if sys::is_mountpoint(&lower).unwrap_or(false) {
+                sys::unmount(&lower, true).map_err(sys_err("unmounting", &lower))?;
+            }
+        }
+        let dir = self.layout.snapshot(id);
+        let lost = dir.join(durability::LOST);
+        fs::remove_file(&lost).map_err(io_err("removing", &lost))?;
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    /// A rebuild of `id` failed: keep it lost, with the reason, also for
+    /// the next start.
+    pub fn rebuild_failed(&self, id: u64, record: &Record, failure: &str) -> Result<()> {
+        let record = Record {
+            failure: Some(failure.to_string()),
+            ..record.clone()
+        };
+        let dir = self.layout.snapshot(id);
+        durability::write_lost(&dir, &record.to_text())
+            .map_err(io_err("recording the failure in", &dir))?;
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Some(record));
+        Ok(())
+    }
+
+    /// Start-up: what happened to the image of snapshot `id` (`key`)
+    /// if the differ wrote it without an fsync.
+    fn scan_durability(&self, id: u64, key: &str, dir: &Path) -> Result<()> {
+        match durability::scan(dir).map_err(io_err("checking durability of", dir))? {
+            durability::State::Durable => {}
+            durability::State::Pending => self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(dir.to_path_buf()),
+            durability::State::Lost(record) => {
+                let committed = self
+                    .store
+                    .get(key)
+                    .is_ok_and(|(s, _)| s.kind == Kind::Committed);
+                if committed {
+                    eprintln!(
+                        "warning: snapshot {key}: its layer image may have been torn by a crash; it will be rebuilt from its blob"
+                    );
+                    self.lost
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, record);
+                } else {
+                    // An unpack the crash interrupted: containerd does it
+                    // again, and no Commit may adopt a torn image.
+                    let blob = self.layout.blob(id);
+                    match fs::remove_file(&blob) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                            return Err(io_err("removing", &blob)(e));
+                        }
+                        _ => {}
+                    }
+                    let lost = dir.join(durability::LOST);
+                    fs::remove_file(&lost).map_err(io_err("removing", &lost))?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -877,19 +1058,24 @@ impl Snapshotter {
     /// of interrupted commits are leftovers of a crash and go too; from the
     /// Cleanup call they may belong to requests in flight and stay.
     fn recover(&self, startup: bool) -> Result<()> {
-        let ids: BTreeSet<u64> = self.store.ids()?.into_keys().collect();
+        let ids = self.store.ids()?;
         let dir = self.layout.snapshots();
         let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let path = entry.path();
-            let orphan = match Layout::parse_id(&name) {
-                Some(id) => !ids.contains(&id),
+            let id = Layout::parse_id(&name);
+            let key = id.and_then(|id| ids.get(&id));
+            let orphan = match id {
+                Some(_) => key.is_none(),
                 None => startup && name.to_string_lossy().starts_with(NEW_PREFIX),
             };
             if !orphan {
                 if startup {
                     remove_commit_temps(&path);
+                    if let (Some(id), Some(key)) = (id, key) {
+                        self.scan_durability(id, key, &path)?;
+                    }
                 }
                 continue;
             }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use layer::digest::Digest;
 use proto::errdefs::chain;
 use snapshotter::differ::{self, ApplyError, ApplyOptions, Blob};
+use snapshotter::durability;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -42,6 +43,7 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 
 fn blob(media_type: &str, bytes: &[u8]) -> Blob {
     Blob {
+        namespace: "default".into(),
         media_type: media_type.into(),
         digest: Digest::of(bytes).to_string(),
         size: bytes.len() as u64,
@@ -98,16 +100,33 @@ fn every_compression_gives_the_same_layer_and_diff_id() {
         assert_eq!(read(&image, "usr/bin/tool"), vec![7u8; 10_000]);
         images.push(fs::read(&image).unwrap());
     }
-    // Without the fsync (fsync_layers = false) the image is the same.
+    // Deferred (layer_sync = "deferred"): the same image, not fsynced,
+    // and the directory records the blob until a Syncer has fsynced it.
     let dir = tempfile::tempdir().unwrap();
     let gz = gzip(&tar);
     let b = blob(GZIP, &gz);
     let opts = ApplyOptions {
-        skip_fsync: true,
+        defer_sync: true,
         ..Default::default()
     };
     let applied = apply(dir.path(), &b, gz, &opts).unwrap();
+    assert!(applied.deferred);
     assert_eq!(applied.timings.fsync, std::time::Duration::ZERO);
+    let mut record = [0u8; 4096];
+    let n = rustix::fs::getxattr(dir.path(), durability::PENDING, &mut record[..]).unwrap();
+    let record = durability::Record::parse(std::str::from_utf8(&record[..n]).unwrap()).unwrap();
+    assert_eq!(record.digest, b.digest);
+    assert_eq!(record.media_type, GZIP);
+    assert_eq!(record.namespace, "default");
+    assert_eq!(record.diff_id, applied.digest);
+    assert_eq!(record.boot_id, durability::boot_id().unwrap());
+    let syncer = durability::Syncer::start(Box::new(|_| {})).unwrap();
+    syncer.submit(dir.path().to_path_buf());
+    syncer.wait();
+    assert!(matches!(
+        durability::scan(dir.path()).unwrap(),
+        durability::State::Durable
+    ));
     images.push(fs::read(dir.path().join("layer.erofs")).unwrap());
     // Same tar, same image bytes, whatever the compression.
     assert!(images.windows(2).all(|w| w[0] == w[1]));

@@ -61,3 +61,188 @@ fn cleanup_at_run_time_spares_creations_in_flight() {
     assert!(!orphan.exists());
     assert!(root.join("snapshots/1/fs").exists());
 }
+
+mod torn_layers {
+    //! Images the differ wrote without waiting for the disk
+    //! (`layer_sync = "deferred"`): a daemon restart only fsyncs them
+    //! again, a crash (another boot) makes them unmountable until rebuilt.
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use layer::digest::Digest;
+    use snapshotter::config::MountMode;
+    use snapshotter::differ::{self, ApplyOptions, Blob};
+    use snapshotter::durability::{self, Record};
+    use snapshotter::snapshotter::{Config, ErrorClass, Snapshotter, TARGET_LABEL};
+
+    fn open(root: &Path) -> Snapshotter {
+        // The mount manager's shapes: nothing is mounted, so the test
+        // needs no root.
+        Snapshotter::open(Config {
+            root: root.to_path_buf(),
+            mount_mode: MountMode::MountManager,
+            ..Config::default()
+        })
+        .unwrap()
+    }
+
+    fn blob() -> (Blob, Vec<u8>) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        let data = vec![42u8; 100_000];
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "data/file", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        let gz = e.finish().unwrap();
+        let blob = Blob {
+            namespace: "ns1".into(),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(&gz).to_string(),
+            size: gz.len() as u64,
+        };
+        (blob, gz)
+    }
+
+    /// Unpack `bytes` as layer `name` the way containerd does: extraction
+    /// snapshot, Apply (deferred), Commit. Returns the snapshot directory.
+    fn unpack(s: &Snapshotter, name: &str, blob: &Blob, bytes: &[u8]) -> PathBuf {
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), name.to_string())]);
+        let key = format!("extract-{name}");
+        let mounts = s.prepare(&key, None, labels).unwrap();
+        let dir = s.apply_target(&mounts).unwrap().unwrap();
+        let opts = ApplyOptions {
+            defer_sync: true,
+            ..Default::default()
+        };
+        let input = Box::new(std::io::Cursor::new(bytes.to_vec()));
+        let applied = differ::apply(&dir, blob, input, &opts).unwrap();
+        assert!(applied.deferred);
+        s.commit(&key, name, BTreeMap::new(), None).unwrap();
+        dir
+    }
+
+    /// What a crash before the fsync looks like to the next boot: the
+    /// record names another boot, and the image lost its tail.
+    fn crash(dir: &Path) {
+        let mut buf = [0u8; 4096];
+        let n = rustix::fs::getxattr(dir, durability::PENDING, &mut buf[..]).unwrap();
+        let record = Record::parse(std::str::from_utf8(&buf[..n]).unwrap()).unwrap();
+        let other = Record {
+            boot_id: "00000000-0000-0000-0000-000000000000".into(),
+            ..record
+        };
+        rustix::fs::setxattr(
+            dir,
+            durability::PENDING,
+            other.to_text().as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let image = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("layer.erofs"))
+            .unwrap();
+        image.set_len(4096).unwrap();
+    }
+
+    #[test]
+    fn restart_resyncs_crash_refuses_until_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let (blob, gz) = blob();
+        let (dir, image) = {
+            let s = open(&root);
+            let dir = unpack(&s, "base", &blob, &gz);
+            (dir.clone(), fs::read(dir.join("layer.erofs")).unwrap())
+        };
+
+        // Restarted in the same boot: queued for an fsync, usable.
+        let s = open(&root);
+        assert_eq!(s.take_pending(), vec![dir.clone()]);
+        assert!(s.lost_layers().is_empty());
+        s.prepare("c1", Some("base"), BTreeMap::new()).unwrap();
+        drop(s);
+
+        // A crash: the chain is refused, by name, until rebuilt.
+        crash(&dir);
+        let s = open(&root);
+        assert!(s.take_pending().is_empty());
+        let lost = s.lost_layers();
+        assert_eq!(lost.len(), 1);
+        let (id, lost_dir, record) = lost.into_iter().next().unwrap();
+        assert_eq!(lost_dir, dir);
+        let record = record.unwrap();
+        assert_eq!(record.digest, blob.digest);
+        assert_eq!(record.namespace, "ns1");
+        for e in [
+            s.prepare("c2", Some("base"), BTreeMap::new()).unwrap_err(),
+            s.mounts("c1").unwrap_err(),
+        ] {
+            assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+            let msg = e.to_string();
+            assert!(msg.contains(&blob.digest), "{msg}");
+            assert!(msg.contains("being rebuilt"), "{msg}");
+        }
+        assert!(
+            s.stat("c2").is_err(),
+            "a refused Prepare left a snapshot behind"
+        );
+
+        // A failed rebuild is kept, with its reason, across restarts.
+        s.rebuild_failed(id, &record, "blob not found").unwrap();
+        drop(s);
+        let s = open(&root);
+        let msg = s.mounts("c1").unwrap_err().to_string();
+        assert!(
+            msg.contains("could not be rebuilt (blob not found)"),
+            "{msg}"
+        );
+
+        // Rebuilt from the blob: the same bytes as before the crash.
+        s.begin_rebuild(id).unwrap();
+        let input = Box::new(std::io::Cursor::new(gz.clone()));
+        let applied = differ::apply(&dir, &blob, input, &ApplyOptions::default()).unwrap();
+        assert_eq!(applied.digest, record.diff_id);
+        s.rebuilt(id).unwrap();
+        assert_eq!(fs::read(dir.join("layer.erofs")).unwrap(), image);
+        s.mounts("c1").unwrap();
+        s.prepare("c2", Some("base"), BTreeMap::new()).unwrap();
+        drop(s);
+        let s = open(&root);
+        assert!(s.lost_layers().is_empty());
+        assert!(s.take_pending().is_empty());
+    }
+
+    #[test]
+    fn a_torn_image_of_an_interrupted_unpack_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let (blob, gz) = blob();
+        let dir = {
+            let s = open(&root);
+            let labels = BTreeMap::from([(TARGET_LABEL.to_string(), "base".to_string())]);
+            let mounts = s.prepare("extract-base", None, labels).unwrap();
+            let dir = s.apply_target(&mounts).unwrap().unwrap();
+            let opts = ApplyOptions {
+                defer_sync: true,
+                ..Default::default()
+            };
+            let input = Box::new(std::io::Cursor::new(gz));
+            differ::apply(&dir, &blob, input, &opts).unwrap();
+            dir
+        };
+        crash(&dir);
+        let s = open(&root);
+        assert!(s.lost_layers().is_empty());
+        // No Commit can adopt what the crash left.
+        assert!(!dir.join("layer.erofs").exists());
+        assert!(!dir.join(durability::LOST).exists());
+        s.stat("extract-base").unwrap();
+    }
+}
