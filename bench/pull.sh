@@ -22,7 +22,7 @@
 # per-stage Apply times (its `msg=apply` log lines, summed per pull).
 # Environment: MODES (default "overlayfs erofs ours"), IMAGES (default
 # "small many large"), OURS_CONFIG (extra lines for our daemon's
-# configuration, e.g. "fsync_layers = false"), CARGO_TARGET_DIR.
+# configuration, e.g. 'layer_sync = "sync"'), CARGO_TARGET_DIR.
 # Needs root, containerd 2.x, runc, skopeo and docker-registry
 # (scripts/setup.sh).
 set -euo pipefail

@@ -42,6 +42,7 @@ use common::*;
 use images::{Check, TestImage};
 use oci::{Compression, ImageSpec, Layer, MEDIA_LAYER_GZIP};
 use pulls::{Setup, applied, check_container, setup};
+use snapshotter::durability;
 
 /// The UUID of a layer image as hex: our differ makes it the first 16
 /// bytes of the layer's diffID, so it says which layer an image holds.
@@ -434,4 +435,124 @@ fn compare_layer_becomes_an_image() {
         "applies: the image's layers once, then only the new one"
     );
     check_container(&c, fresh, &changed_ref, &changed, "check");
+}
+
+/// For each layer image under our root, the index of the image layer it
+/// holds (by its UUID, the diffID's first 16 bytes).
+fn layer_dirs(root: &Path, image: &TestImage) -> Vec<(PathBuf, usize)> {
+    let uuids = expected_uuids(image);
+    let mut dirs = Vec::new();
+    for e in fs::read_dir(root.join("snapshots")).unwrap() {
+        let dir = e.unwrap().path();
+        let blob = dir.join("layer.erofs");
+        if blob.exists() {
+            let uuid = layer_uuid(&open_layer(&blob));
+            let i = uuids.iter().position(|u| *u == uuid).unwrap();
+            dirs.push((dir, i));
+        }
+    }
+    assert_eq!(dirs.len(), uuids.len(), "one image per layer");
+    dirs
+}
+
+fn pending_record(dir: &Path) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    rustix::fs::getxattr(dir, durability::PENDING, &mut buf[..])
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// What a power cut right after the pull leaves for the next boot: each
+/// image with a record of its blob from another boot, and cut short.
+fn simulate_crash(root: &Path, image: &TestImage, namespace: &str) {
+    for (dir, i) in layer_dirs(root, image) {
+        let record = durability::Record {
+            boot_id: "00000000-0000-0000-0000-000000000000".into(),
+            namespace: namespace.into(),
+            digest: image.built.layers[i].clone(),
+            media_type: MEDIA_LAYER_GZIP.into(),
+            size: 0,
+            diff_id: image.built.diff_ids[i].clone(),
+            tar_index: false,
+            failure: None,
+        };
+        rustix::fs::setxattr(
+            &dir,
+            durability::PENDING,
+            record.to_text().as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let blob = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("layer.erofs"))
+            .unwrap();
+        blob.set_len(4096).unwrap();
+    }
+}
+
+fn wait_for_log(c: &Cluster, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.daemon_log().matches(what).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {n} × {what:?} in\n{}",
+            c.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `layer_sync = "deferred"` (the default): a clean stop leaves every
+/// image on disk; after a crash the images that may be torn are rebuilt
+/// from their blobs (over content.v1, in the namespace that pulled them)
+/// to the same bytes, and one whose blob is gone makes `ctr run` fail
+/// with an error that names it.
+#[test]
+fn layers_torn_by_a_crash_are_rebuilt_from_their_blobs() {
+    let Some(s) = setup() else { return };
+    let ns = "modes-crash";
+    let (image, reference, mut c) = pull_whiteouts(&s, Options::new(ns, Mode::Ours));
+    let n = image.built.diff_ids.len();
+    let mut before = BTreeMap::new();
+    c.restart_daemon(|root| {
+        for (dir, i) in layer_dirs(root, &image) {
+            assert_eq!(
+                pending_record(&dir),
+                None,
+                "a clean stop left {dir:?} pending"
+            );
+            before.insert(i, fs::read(dir.join("layer.erofs")).unwrap());
+        }
+        simulate_crash(root, &image, ns);
+    });
+    wait_for_log(&c, "msg=\"layer rebuilt\"", n);
+    assert!(
+        !c.daemon_log().contains("rebuild failed"),
+        "{}",
+        c.daemon_log()
+    );
+    for (dir, i) in layer_dirs(&c.snap_root, &image) {
+        assert_eq!(
+            fs::read(dir.join("layer.erofs")).unwrap(),
+            before[&i],
+            "layer {i} came back different"
+        );
+        assert!(!dir.join(durability::LOST).exists());
+    }
+    check_container(&c, ns, &reference, &image, "after-rebuild");
+
+    // Again, with the top layer's blob gone from containerd's store.
+    let top = image.built.layers[n - 1].clone();
+    c.ctr_in(ns, &["content", "rm", &top]).ok();
+    c.restart_daemon(|root| simulate_crash(root, &image, ns));
+    wait_for_log(&c, "msg=\"layer rebuilt\"", 2 * n - 1);
+    wait_for_log(&c, "msg=\"layer rebuild failed\"", 1);
+    let r = c.run_in(ns, &reference, "torn", &["true"]);
+    assert!(!r.success(), "a container ran on a torn layer");
+    assert!(
+        r.stderr.contains("could not be rebuilt") && r.stderr.contains(&top),
+        "{}",
+        r.stderr
+    );
 }

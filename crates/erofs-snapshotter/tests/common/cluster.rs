@@ -278,42 +278,7 @@ impl Cluster {
             torn_down: false,
         };
 
-        let mut cmd = Command::new(bin());
-        cmd.arg("serve")
-            .arg("--root")
-            .arg(&snap_root)
-            .arg("--address")
-            .arg(&snap_sock)
-            // Where our differ reads layer blobs (dialled when it applies
-            // one, so containerd may start later).
-            .arg("--containerd-address")
-            .arg(&sock)
-            .args(&c.opts.daemon_args);
-        if let Some(config) = &c.opts.daemon_config {
-            let path = dir.join("snapshotter.toml");
-            fs::write(&path, config).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let log = fs::File::create(dir.join("snapshotter.log")).unwrap();
-        c.snapd = Some(
-            cmd.stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting erofs-snapshotter serve"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !snap_sock.exists() {
-            if let Some(s) = c.snapd.as_mut().unwrap().try_wait().unwrap() {
-                panic!("erofs-snapshotter serve exited: {s}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never appeared",
-                snap_sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        c.spawn_daemon();
 
         let config = dir.join("containerd.toml");
         fs::write(&config, containerd_config(dir, &snap_sock, &c.opts)).unwrap();
@@ -342,6 +307,64 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         c
+    }
+
+    /// Start our daemon on the cluster's root and socket, and wait for
+    /// its socket.
+    fn spawn_daemon(&mut self) {
+        let snap_sock = self.dir.join("snap.sock");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--root")
+            .arg(&self.snap_root)
+            .arg("--address")
+            .arg(&snap_sock)
+            // Where our differ reads layer blobs (dialled when it applies
+            // one, so containerd may start later).
+            .arg("--containerd-address")
+            .arg(&self.sock)
+            .args(&self.opts.daemon_args);
+        if let Some(config) = &self.opts.daemon_config {
+            let path = self.dir.join("snapshotter.toml");
+            fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("snapshotter.log"))
+            .unwrap();
+        self.snapd = Some(
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting erofs-snapshotter serve"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !snap_sock.exists() {
+            if let Some(s) = self.snapd.as_mut().unwrap().try_wait().unwrap() {
+                panic!("erofs-snapshotter serve exited: {s}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                snap_sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop our daemon (SIGTERM, as at a node's shutdown), run `between`
+    /// on its root, and start it again; containerd keeps running. Its
+    /// log goes on in the same file.
+    pub fn restart_daemon(&mut self, between: impl FnOnce(&Path)) {
+        if let Some(mut d) = self.snapd.take() {
+            stop(&mut d, Duration::from_secs(30));
+        }
+        between(&self.snap_root);
+        let _ = fs::remove_file(self.dir.join("snap.sock"));
+        self.spawn_daemon();
     }
 
     fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
