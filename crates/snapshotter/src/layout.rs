@@ -7,6 +7,10 @@
 //!     fs/                         overlay upperdir, or the whole tree without parent
 //!     work/                       overlay workdir
 //!     layer.erofs                 the layer (committed; or written by our differ)
+//!     layer.lost                  a crash may have torn layer.erofs: rebuild it
+//!                                 (while it is not yet fsynced, the directory
+//!                                 carries the `user.erofs-snapshotter.pending`
+//!                                 xattr; see `durability`)
 //!     rwlayer.img, rw/{upper,work} size-limited upper (default_size): an ext4
 //!                                 image mounted at rw/, dropped at commit
 //! <root>/snapshots/new-<rand>/    being created; renamed to <id> in the transaction
