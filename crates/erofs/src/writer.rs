@@ -9,7 +9,7 @@
 //! be converted while it is still being downloaded and inflated.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 
 use crate::format::{self, DeviceSlot, Dirent, InodeRecord, Superblock};
 use crate::tree::{ChunkAddr, Content, FileData, NodeId, OVERLAY_ORIGIN, ROOT, Tree};
@@ -193,18 +193,24 @@ impl<F: Output> ImageWriter<F> {
 
     /// Write `data` at byte `off`, leaving all-zero blocks as holes in the
     /// output file (the image bytes are the same; a layer full of zeros
-    /// costs no disk space). `data` starts at a block boundary.
+    /// costs no disk space). Blocks are those of the image, counted from
+    /// the start of the file, so a file's data can arrive in pieces that
+    /// start anywhere.
     fn write_blocks_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
-        let bs = self.bs as usize;
+        let bs = self.bs;
+        // End (in `data`) of the image block holding `data[i]`.
+        let block_end = |i: usize| {
+            let into = (off + i as u64) % bs;
+            usize::try_from(bs - into).map_or(data.len(), |rest| (i + rest).min(data.len()))
+        };
         let mut start = 0;
         while start < data.len() {
-            let end = (start + bs).min(data.len());
-            let block = &data[start..end];
-            if !block.iter().all(|&b| b == 0) {
+            let end = block_end(start);
+            if !data[start..end].iter().all(|&b| b == 0) {
                 // Coalesce the run of non-zero blocks into one write.
                 let mut run_end = end;
                 while run_end < data.len() {
-                    let next = (run_end + bs).min(data.len());
+                    let next = block_end(run_end);
                     if data[run_end..next].iter().all(|&b| b == 0) {
                         break;
                     }
@@ -221,13 +227,9 @@ impl<F: Output> ImageWriter<F> {
         Ok(())
     }
 
-    /// Copy exactly `size` bytes of one regular file from `r` into the
-    /// image and return where they went. The tail is kept for inlining
-    /// when inline data is enabled.
-    pub fn add_file_data(&mut self, size: u64, r: &mut dyn Read) -> Result<FileData, WriteError> {
-        if size == 0 {
-            return Ok(FileData::EMPTY);
-        }
+    /// Blocks for the body of a `size`-byte file: (tail length, body
+    /// length, first block, block count).
+    fn reserve(&self, size: u64) -> Result<(u64, u64, u64, u64), WriteError> {
         let tail_len = if self.opts.inline_data {
             size % self.bs
         } else {
@@ -237,6 +239,17 @@ impl<F: Output> ImageWriter<F> {
         let start_blk = self.next_blk;
         let nblocks = blocks_for(body, self.bs);
         blk_u32(start_blk.checked_add(nblocks).ok_or(WriteError::TooLarge)?)?;
+        Ok((tail_len, body, start_blk, nblocks))
+    }
+
+    /// Copy exactly `size` bytes of one regular file from `r` into the
+    /// image and return where they went. The tail is kept for inlining
+    /// when inline data is enabled.
+    pub fn add_file_data(&mut self, size: u64, r: &mut dyn Read) -> Result<FileData, WriteError> {
+        if size == 0 {
+            return Ok(FileData::EMPTY);
+        }
+        let (tail_len, body, start_blk, nblocks) = self.reserve(size)?;
         if self.buf.len() < COPY_CHUNK {
             self.buf = vec![0; COPY_CHUNK];
         }
@@ -259,6 +272,52 @@ impl<F: Output> ImageWriter<F> {
         })();
         self.buf = buf;
         result?;
+        self.file_done(size, tail_len, start_blk, nblocks, r)
+    }
+
+    /// [`ImageWriter::add_file_data`] for a source that lends its own
+    /// buffer: the bytes go from there to the output with no copy in
+    /// between.
+    pub fn add_file_data_buf(
+        &mut self,
+        size: u64,
+        r: &mut dyn BufRead,
+    ) -> Result<FileData, WriteError> {
+        if size == 0 {
+            return Ok(FileData::EMPTY);
+        }
+        let (tail_len, body, start_blk, nblocks) = self.reserve(size)?;
+        let mut done = 0u64;
+        while done < body {
+            let piece = match r.fill_buf() {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(WriteError::Input(e)),
+            };
+            if piece.is_empty() {
+                return Err(WriteError::ShortData {
+                    expected: size,
+                    got: done,
+                });
+            }
+            let n = usize::try_from(body - done).map_or(piece.len(), |left| left.min(piece.len()));
+            let off = start_blk * self.bs + done;
+            self.write_blocks_at(off, &piece[..n])?;
+            r.consume(n);
+            done += n as u64;
+        }
+        self.file_done(size, tail_len, start_blk, nblocks, r)
+    }
+
+    /// Account for a file whose body is written and read its inline tail.
+    fn file_done(
+        &mut self,
+        size: u64,
+        tail_len: u64,
+        start_blk: u64,
+        nblocks: u64,
+        r: &mut dyn Read,
+    ) -> Result<FileData, WriteError> {
         self.next_blk = start_blk + nblocks;
         self.file_bytes += size;
         let blkaddr = blk_u32(start_blk)?;
@@ -270,7 +329,7 @@ impl<F: Output> ImageWriter<F> {
         if n < tail.len() {
             return Err(WriteError::ShortData {
                 expected: size,
-                got: body + n as u64,
+                got: size - tail_len + n as u64,
             });
         }
         Ok(FileData::Inline {
@@ -931,6 +990,70 @@ mod tests {
         let file = &img[4096 + 128..];
         assert_eq!(&file[0..12], &[4, 0, 0, 0, 0xa4, 0x81, 1, 0, 3, 0, 0, 0]);
         assert_eq!(&file[32..35], b"hi\n");
+    }
+
+    /// A reader lending its bytes in pieces of fixed, block-unaligned size.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.piece).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Pieces<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            Ok(&self.data[..self.piece.min(self.data.len())])
+        }
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    #[test]
+    fn borrowed_pieces_give_the_same_image() {
+        // Zero blocks between data, a zero tail, pieces straddling blocks.
+        let mut data = vec![7u8; 3 * 4096 + 100];
+        data[4096..2 * 4096].fill(0);
+        data[3 * 4096..].fill(0);
+        data[5000] = 1;
+        for inline_data in [false, true] {
+            let image = |buf: bool| {
+                let opts = WriterOptions {
+                    inline_data,
+                    ..Default::default()
+                };
+                let mut w = ImageWriter::new(io::Cursor::new(Vec::new()), opts).unwrap();
+                let mut r = Pieces {
+                    data: &data,
+                    piece: 1500,
+                };
+                let size = data.len() as u64;
+                let d = if buf {
+                    w.add_file_data_buf(size, &mut r).unwrap()
+                } else {
+                    w.add_file_data(size, &mut r).unwrap()
+                };
+                (d, w.out.into_inner())
+            };
+            assert_eq!(image(true), image(false));
+        }
+        let mut w =
+            ImageWriter::new(io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
+        let err = w.add_file_data_buf(10, &mut &b"abc"[..]).unwrap_err();
+        assert!(matches!(
+            err,
+            WriteError::ShortData {
+                expected: 10,
+                got: 3
+            }
+        ));
     }
 
     #[test]
