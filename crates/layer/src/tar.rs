@@ -92,7 +92,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// Tar block size.
 const BLOCK: usize = 512;
@@ -935,21 +935,7 @@ impl<R: Read> TarReader<R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let cap = clamp(buf.len(), self.remaining);
-        // Where the next bytes come from: the stream, or a hole of zeros.
-        let (from_stream, want) = match &mut self.sparse {
-            None => (true, cap),
-            Some(c) => {
-                while c.regions.get(c.next).is_some_and(|r| r.end() <= c.pos) {
-                    c.next += 1;
-                }
-                match c.regions.get(c.next) {
-                    Some(r) if c.pos >= r.offset => (true, clamp(cap, r.end() - c.pos)),
-                    Some(r) => (false, clamp(cap, r.offset - c.pos)),
-                    None => (false, cap),
-                }
-            }
-        };
+        let (from_stream, want) = self.next_piece(buf.len());
         let n = if from_stream {
             match self.inner.read(&mut buf[..want]) {
                 Ok(0) => {
@@ -980,6 +966,81 @@ impl<R: Read> TarReader<R> {
     }
 }
 
+impl<R> TarReader<R> {
+    /// Where the next at most `cap` bytes of the current entry come from:
+    /// (true, n) for n bytes of the stream, (false, n) for n bytes of a
+    /// hole. `remaining` must be non-zero.
+    fn next_piece(&mut self, cap: usize) -> (bool, usize) {
+        let cap = clamp(cap, self.remaining);
+        match &mut self.sparse {
+            None => (true, cap),
+            Some(c) => {
+                while c.regions.get(c.next).is_some_and(|r| r.end() <= c.pos) {
+                    c.next += 1;
+                }
+                match c.regions.get(c.next) {
+                    Some(r) if c.pos >= r.offset => (true, clamp(cap, r.end() - c.pos)),
+                    Some(r) => (false, clamp(cap, r.offset - c.pos)),
+                    None => (false, cap),
+                }
+            }
+        }
+    }
+}
+
+/// What holes of sparse files read as when data is borrowed rather than
+/// copied.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl<R: BufRead> TarReader<R> {
+    /// Borrowing counterpart of `read_data`: the next bytes of the
+    /// current entry straight from the underlying reader's buffer, so
+    /// file data reaches its destination without an intermediate copy.
+    fn fill_data(&mut self) -> io::Result<&[u8]> {
+        if self.state == State::Failed {
+            return Err(TarError::Poisoned.into());
+        }
+        if self.remaining == 0 {
+            return Ok(&[]);
+        }
+        let (from_stream, want) = self.next_piece(usize::MAX);
+        if !from_stream {
+            return Ok(&ZEROS[..want.min(ZEROS.len())]);
+        }
+        let available = match self.inner.fill_buf() {
+            Ok(b) => b.len(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.state = State::Failed;
+                return Err(e);
+            }
+        };
+        if available == 0 {
+            self.state = State::Failed;
+            return Err(TarError::Truncated { offset: self.pos }.into());
+        }
+        // The second call returns the same buffer without reading.
+        let b = self.inner.fill_buf()?;
+        Ok(&b[..available.min(want)])
+    }
+
+    fn consume_data(&mut self, n: usize) {
+        if self.remaining == 0 || n == 0 {
+            return;
+        }
+        let (from_stream, want) = self.next_piece(n);
+        if from_stream {
+            self.inner.consume(want);
+            self.stored = self.stored.saturating_sub(want as u64);
+            self.pos = self.pos.saturating_add(want as u64);
+        }
+        self.remaining -= want as u64;
+        if let Some(c) = &mut self.sparse {
+            c.pos += want as u64;
+        }
+    }
+}
+
 /// The current entry's data; see [`TarReader::data`].
 pub struct EntryData<'a, R> {
     tr: &'a mut TarReader<R>,
@@ -988,6 +1049,18 @@ pub struct EntryData<'a, R> {
 impl<R: Read> Read for EntryData<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.tr.read_data(buf)
+    }
+}
+
+/// Lends the entry's bytes from the underlying buffer; `consume` at most
+/// what `fill_buf` returned.
+impl<R: BufRead> BufRead for EntryData<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.tr.fill_data()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.tr.consume_data(n);
     }
 }
 
@@ -1492,3 +1565,62 @@ fn read_full<R: Read>(r: &mut R, pos: &mut u64, buf: &mut [u8]) -> Result<usize,
 
 #[cfg(test)]
 mod tests;
+
+/// The borrowing interface ([`BufRead`] on [`EntryData`]) against the
+/// copying one, over every corpus archive.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod borrowed_tests {
+    use super::*;
+    use crate::testkit::{corpus, sparse_cases, sparse_v1};
+
+    /// Every entry's data, copied (`step` = 0) or borrowed from a buffer of
+    /// `cap` bytes, consuming at most `step` bytes at a time.
+    fn data(bytes: &[u8], cap: usize, step: usize) -> Result<Vec<Vec<u8>>, String> {
+        let mut tr = TarReader::new(io::BufReader::with_capacity(cap, bytes), Limits::default());
+        let mut out = Vec::new();
+        while tr.next_entry().map_err(|e| e.to_string())?.is_some() {
+            let mut data = Vec::new();
+            let mut d = tr.data();
+            if step == 0 {
+                d.read_to_end(&mut data).map_err(|e| e.to_string())?;
+            } else {
+                loop {
+                    let piece = d.fill_buf().map_err(|e| e.to_string())?;
+                    if piece.is_empty() {
+                        break;
+                    }
+                    let n = piece.len().min(step);
+                    data.extend_from_slice(&piece[..n]);
+                    d.consume(n);
+                }
+            }
+            out.push(data);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn borrowed_data_matches_copied_data() {
+        let mut cases: Vec<(String, Vec<u8>)> = sparse_cases()
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b))
+            .collect();
+        cases.extend(corpus().into_iter().map(|c| (c.name.to_string(), c.bytes)));
+        cases.push((
+            "holes longer than the zero buffer".into(),
+            sparse_v1(&[(0, 3), (10, 2), (200_000, 5)], b"300000", b"abcdefghij"),
+        ));
+        for (name, bytes) in &cases {
+            let want = data(bytes, 1 << 16, 0);
+            for (cap, step) in [(7, 3), (512, 1000), (1 << 16, usize::MAX)] {
+                let got = data(bytes, cap, step);
+                match (&want, &got) {
+                    (Ok(w), Ok(g)) => assert_eq!(w, g, "{name} cap {cap}"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{name} cap {cap}: {want:?} vs {got:?}"),
+                }
+            }
+        }
+    }
+}
