@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use erofs::tree::{ChunkAddr, Content, FileData, Meta, Node, Tree, TreeError};
@@ -18,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::path::{self, PathError};
+use crate::pipeline::{Chunk, ChunkSource, ReadChunks};
 use crate::tar::{Entry, EntryKind, Limits, TarError, TarReader};
 use crate::whiteout::{self, Whiteout, WhiteoutError};
 
@@ -139,7 +142,7 @@ struct Applier<'w, F: Output> {
 }
 
 impl<F: Output> Applier<'_, F> {
-    fn apply<R: Read>(&mut self, tar: &mut TarReader<R>, e: &Entry) -> Result<(), ConvertError> {
+    fn apply<R: BufRead>(&mut self, tar: &mut TarReader<R>, e: &Entry) -> Result<(), ConvertError> {
         let name = || lossy(&e.path);
         let offset = e.header_offset;
         let tree_err = |source| ConvertError::Tree {
@@ -212,7 +215,7 @@ impl<F: Output> Applier<'_, F> {
                     index_chunks(e).map_err(entry_err)?
                 } else {
                     self.writer
-                        .add_file_data(e.size, &mut tar.data())
+                        .add_file_data_buf(e.size, &mut tar.data())
                         .map_err(|source| ConvertError::Data {
                             name: name(),
                             offset,
@@ -279,26 +282,113 @@ fn index_chunks(e: &Entry) -> Result<FileData, String> {
     })
 }
 
-/// The consumer's view of the stream: optionally hashed (the diffID),
-/// optionally copied into a spool file (the tar kept for tar-index mode),
-/// always counted.
-struct Tee<R> {
-    inner: R,
-    hasher: Option<Sha256>,
+/// Streams up to this size are hashed inline: a thread of its own only
+/// pays off once there is enough to hash.
+const HASH_INLINE: u64 = 4 << 20;
+/// Chunks queued for the hashing thread.
+const HASH_DEPTH: usize = 4;
+
+/// The diffID hash: inline at first, then on a thread of its own, where it
+/// runs alongside parsing and writing instead of adding to them.
+enum Hashing {
+    Inline(Sha256),
+    Thread {
+        tx: SyncSender<Chunk>,
+        handle: JoinHandle<Digest>,
+    },
+}
+
+impl Hashing {
+    fn update(&mut self, chunk: &Chunk, total: u64) -> io::Result<()> {
+        if let Hashing::Inline(h) = self {
+            if total <= HASH_INLINE {
+                h.update(&chunk[..]);
+                return Ok(());
+            }
+            let mut h = std::mem::take(h);
+            let (tx, rx) = sync_channel::<Chunk>(HASH_DEPTH);
+            let handle = std::thread::Builder::new()
+                .name("diffid".into())
+                .spawn(move || {
+                    for c in rx {
+                        h.update(&c[..]);
+                    }
+                    Digest::from_bytes(h.finalize().into())
+                })?;
+            *self = Hashing::Thread { tx, handle };
+        }
+        match self {
+            Hashing::Thread { tx, .. } => tx
+                .send(chunk.clone())
+                .map_err(|_| io::Error::other("the diffID thread is gone")),
+            Hashing::Inline(_) => Ok(()),
+        }
+    }
+
+    fn finish(self) -> io::Result<Digest> {
+        match self {
+            Hashing::Inline(h) => Ok(Digest::from_bytes(h.finalize().into())),
+            Hashing::Thread { tx, handle } => {
+                drop(tx);
+                handle
+                    .join()
+                    .map_err(|_| io::Error::other("the diffID thread panicked"))
+            }
+        }
+    }
+}
+
+/// The consumer's view of the stream: chunks lent to the tar parser and
+/// the writer, each also hashed whole (the diffID) and copied into a spool
+/// file (the tar kept for tar-index mode) when asked, always counted.
+struct Stream<S> {
+    src: S,
+    cur: Option<Chunk>,
+    pos: usize,
+    done: bool,
+    hashing: Option<Hashing>,
     spool: Option<File>,
     bytes: u64,
 }
 
-impl<R: Read> Read for Tee<R> {
+impl<S: ChunkSource> BufRead for Stream<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while !self.done && self.cur.as_ref().is_none_or(|c| self.pos == c.len()) {
+            // Dropped before the next arrives, so its buffer can go home.
+            self.cur = None;
+            self.pos = 0;
+            match self.src.next_chunk()? {
+                Some(c) => {
+                    self.bytes += c.len() as u64;
+                    if let Some(h) = &mut self.hashing {
+                        h.update(&c, self.bytes)?;
+                    }
+                    if let Some(s) = &mut self.spool {
+                        s.write_all(&c)?;
+                    }
+                    self.cur = Some(c);
+                }
+                None => self.done = true,
+            }
+        }
+        Ok(match &self.cur {
+            Some(c) if !self.done => &c[self.pos..],
+            _ => &[],
+        })
+    }
+
+    fn consume(&mut self, n: usize) {
+        let len = self.cur.as_ref().map_or(0, |c| c.len());
+        self.pos = (self.pos + n).min(len);
+    }
+}
+
+impl<S: ChunkSource> Read for Stream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        if let Some(s) = &mut self.spool {
-            s.write_all(&buf[..n])?;
-        }
-        self.bytes += n as u64;
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -369,6 +459,18 @@ pub fn stream_tar<R: Read>(
     spool_dir: &std::path::Path,
     opts: &ConvertOptions,
 ) -> Result<Streamed, ConvertError> {
+    stream_chunks(ReadChunks::new(input), out, spool_dir, opts)
+}
+
+/// [`stream_tar`] over a source that hands out its buffers (such as a
+/// [`crate::pipeline::PipeReader`]): file data goes from them to the image
+/// with no copy in between.
+pub fn stream_chunks<S: ChunkSource>(
+    input: S,
+    out: File,
+    spool_dir: &std::path::Path,
+    opts: &ConvertOptions,
+) -> Result<Streamed, ConvertError> {
     let start = Instant::now();
     let spool = if opts.tar_index {
         Some(tempfile::tempfile_in(spool_dir)?)
@@ -400,13 +502,16 @@ pub fn stream_tar<R: Read>(
     };
     let mut tree = Tree::new(root.clone(), root);
     tree.set_max_nodes(opts.max_inodes);
-    let tee = Tee {
-        inner: input,
-        hasher: opts.compute_diff_id.then(Sha256::new),
+    let stream = Stream {
+        src: input,
+        cur: None,
+        pos: 0,
+        done: false,
+        hashing: opts.compute_diff_id.then(|| Hashing::Inline(Sha256::new())),
         spool,
         bytes: 0,
     };
-    let mut tar = TarReader::new(tee, opts.limits);
+    let mut tar = TarReader::new(stream, opts.limits);
     let mut applier = Applier {
         tree,
         writer: &mut writer,
@@ -423,9 +528,9 @@ pub fn stream_tar<R: Read>(
     let Applier {
         tree, mut report, ..
     } = applier;
-    let tee = tar.finish()?;
-    report.diff_id = tee.hasher.map(|h| Digest::from_bytes(h.finalize().into()));
-    report.tar_bytes = tee.bytes;
+    let stream = tar.finish()?;
+    report.diff_id = stream.hashing.map(Hashing::finish).transpose()?;
+    report.tar_bytes = stream.bytes;
     let mut device_blocks = 0;
     if opts.tar_index {
         device_blocks =
@@ -436,8 +541,38 @@ pub fn stream_tar<R: Read>(
     Ok(Streamed {
         writer,
         tree,
-        spool: tee.spool,
+        spool: stream.spool,
         device_blocks,
         report,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Past `HASH_INLINE` the diffID is hashed on its own thread; the
+    /// digest must not depend on where.
+    #[test]
+    fn diff_id_is_the_same_inline_and_threaded() {
+        for size in [1000usize, (HASH_INLINE as usize) * 3 + 12345] {
+            let mut b = ::tar::Builder::new(Vec::new());
+            let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+            let mut h = ::tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, "f", &data[..]).unwrap();
+            let tar = b.into_inner().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let out = tempfile::tempfile_in(dir.path()).unwrap();
+            let streamed =
+                stream_tar(&tar[..], out, dir.path(), &ConvertOptions::default()).unwrap();
+            assert_eq!(streamed.report().diff_id, Some(Digest::of(&tar)));
+            assert_eq!(streamed.report().tar_bytes, tar.len() as u64);
+            let (_, report) = streamed.finish(None, None).unwrap();
+            assert_eq!(report.summary.file_bytes, size as u64);
+        }
+    }
 }

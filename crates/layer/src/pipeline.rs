@@ -2,7 +2,7 @@
 //! the calling thread hashes, parses and writes. On two cores this keeps
 //! inflate, the slowest stage, running without pause.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -19,6 +19,146 @@ const CHUNK: usize = 1 << 20;
 /// memory budget.
 const DEPTH: usize = 4;
 
+/// A piece of the stream, shared read-only by the stages that need it
+/// (parsing and writing, hashing) so none has to copy it. Its buffer goes
+/// back to whoever made it when the last holder drops it.
+#[derive(Clone)]
+pub struct Chunk {
+    buf: Arc<ChunkBuf>,
+    start: usize,
+    end: usize,
+}
+
+struct ChunkBuf {
+    bytes: Vec<u8>,
+    home: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            // A full or closed home just means the buffer is freed.
+            let _ = home.try_send(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+impl Chunk {
+    /// A chunk owning `bytes`, returned to `home` when dropped.
+    fn with_home(bytes: Vec<u8>, home: Option<SyncSender<Vec<u8>>>) -> Chunk {
+        let end = bytes.len();
+        Chunk {
+            buf: Arc::new(ChunkBuf { bytes, home }),
+            start: 0,
+            end,
+        }
+    }
+
+    /// The chunk from byte `from` on (clamped to its length).
+    pub fn tail(&self, from: usize) -> Chunk {
+        let mut c = self.clone();
+        c.start = (c.start + from).min(c.end);
+        c
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunk").field("len", &self.len()).finish()
+    }
+}
+
+impl From<Vec<u8>> for Chunk {
+    fn from(bytes: Vec<u8>) -> Chunk {
+        Chunk::with_home(bytes, None)
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf.bytes[self.start..self.end]
+    }
+}
+
+/// A stream handed out in shared chunks rather than copied into the
+/// caller's buffer.
+pub trait ChunkSource {
+    /// The next non-empty piece of the stream, `None` at its end.
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>>;
+}
+
+impl<S: ChunkSource + ?Sized> ChunkSource for Box<S> {
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        (**self).next_chunk()
+    }
+}
+
+/// Chunks of any reader: one copy, into buffers that are then shared.
+pub struct ReadChunks<R> {
+    inner: R,
+    home: SyncSender<Vec<u8>>,
+    returned: Receiver<Vec<u8>>,
+    /// An error that came after bytes worth handing out first.
+    pending: Option<io::Error>,
+    /// Size of the next read: small at first, so a small input costs
+    /// little, doubling up to [`CHUNK`] while reads fill it.
+    size: usize,
+}
+
+impl<R: Read> ReadChunks<R> {
+    pub fn new(inner: R) -> Self {
+        let (home, returned) = sync_channel(2 * DEPTH + 2);
+        ReadChunks {
+            inner,
+            home,
+            returned,
+            pending: None,
+            size: CHUNK / 16,
+        }
+    }
+}
+
+impl<R: Read> ChunkSource for ReadChunks<R> {
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        let mut buf = self.returned.try_recv().unwrap_or_default();
+        buf.resize(self.size, 0);
+        let (filled, result) = fill(&mut self.inner, &mut buf);
+        if filled == buf.len() {
+            self.size = (self.size * 2).min(CHUNK);
+        }
+        if filled == 0 {
+            return result.map(|()| None);
+        }
+        // Bytes read before an error are handed out; the error comes
+        // with the next call, as a reader would report it.
+        self.pending = result.err();
+        buf.truncate(filled);
+        Ok(Some(Chunk::with_home(buf, Some(self.home.clone()))))
+    }
+}
+
+/// Read into `buf` until it is full, the input ends or fails.
+fn fill(src: &mut dyn Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
+    let mut filled = 0;
+    loop {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => return (filled, Ok(())),
+            Ok(n) => {
+                filled += n;
+                if filled == buf.len() {
+                    return (filled, Ok(()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Err(e)),
+        }
+    }
+}
+
 /// What the producer thread measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProducerStats {
@@ -31,11 +171,11 @@ pub struct ProducerStats {
     pub digest: Option<Digest>,
 }
 
-/// The consuming end: a `Read` over the producer's buffers.
+/// The consuming end: the producer's chunks, as a [`ChunkSource`] or
+/// (copying) as a `Read`.
 pub struct PipeReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    recycle: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
+    rx: Receiver<io::Result<Chunk>>,
+    cur: Option<Chunk>,
     pos: usize,
     done: bool,
     waited: WaitClock,
@@ -64,34 +204,67 @@ impl PipeReader {
     pub fn wait_clock(&self) -> WaitClock {
         self.waited.clone()
     }
+
+    fn receive(&mut self) -> io::Result<Option<Chunk>> {
+        if self.done {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let received = self.rx.recv();
+        self.waited.add(start.elapsed());
+        match received {
+            Ok(Ok(chunk)) => Ok(Some(chunk)),
+            Ok(Err(e)) => {
+                self.done = true;
+                Err(e)
+            }
+            Err(_) => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl ChunkSource for PipeReader {
+    fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        // What a `Read` caller left of the current chunk comes first.
+        if let Some(cur) = self.cur.take()
+            && self.pos < cur.len()
+        {
+            return Ok(Some(cur.tail(std::mem::take(&mut self.pos))));
+        }
+        self.pos = 0;
+        self.receive()
+    }
+}
+
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.cur.as_ref().is_none_or(|c| self.pos == c.len()) {
+            // The old chunk is dropped first so its buffer can go home.
+            self.cur = None;
+            self.pos = 0;
+            match self.receive()? {
+                Some(c) => self.cur = Some(c),
+                None => return Ok(&[]),
+            }
+        }
+        Ok(self.cur.as_ref().map_or(&[][..], |c| &c[self.pos..]))
+    }
+
+    fn consume(&mut self, n: usize) {
+        let len = self.cur.as_ref().map_or(0, |c| c.len());
+        self.pos = (self.pos + n).min(len);
+    }
 }
 
 impl Read for PipeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
-            }
-            let start = Instant::now();
-            let received = self.rx.recv();
-            self.waited.add(start.elapsed());
-            match received {
-                Ok(Ok(chunk)) => {
-                    let old = std::mem::replace(&mut self.cur, chunk);
-                    self.pos = 0;
-                    // The producer may be gone; then the buffer is dropped.
-                    let _ = self.recycle.try_send(old);
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => self.done = true,
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -109,8 +282,11 @@ pub fn spawn(
     src: Box<dyn Read + Send>,
     hash: bool,
 ) -> io::Result<(PipeReader, JoinHandle<ProducerStats>)> {
-    let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
-    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
+    let (tx, rx) = sync_channel::<io::Result<Chunk>>(DEPTH);
+    // Room for every buffer that can be out at once (in the channel, with
+    // the consumer and with a hasher behind it), so none is freed and
+    // allocated again.
+    let (home, returned) = sync_channel::<Vec<u8>>(3 * DEPTH + 2);
     let handle = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -122,23 +298,10 @@ pub fn spawn(
                 stats
             };
             loop {
-                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                let mut buf = returned.try_recv().unwrap_or_default();
                 buf.resize(CHUNK, 0);
-                let mut filled = 0;
                 let start = Instant::now();
-                let result = loop {
-                    match src.read(&mut buf[filled..]) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            filled += n;
-                            if filled == buf.len() {
-                                break Ok(());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
+                let (filled, result) = fill(&mut src, &mut buf);
                 if let Some(h) = &mut hasher {
                     h.update(&buf[..filled]);
                 }
@@ -146,7 +309,11 @@ pub fn spawn(
                 stats.bytes += filled as u64;
                 buf.truncate(filled);
                 let end = filled == 0;
-                if filled > 0 && tx.send(Ok(buf)).is_err() {
+                if filled > 0
+                    && tx
+                        .send(Ok(Chunk::with_home(buf, Some(home.clone()))))
+                        .is_err()
+                {
                     return finish(stats, hasher);
                 }
                 if let Err(e) = result {
@@ -161,8 +328,7 @@ pub fn spawn(
     Ok((
         PipeReader {
             rx,
-            recycle: recycle_tx,
-            cur: Vec::new(),
+            cur: None,
             pos: 0,
             done: false,
             waited: WaitClock::default(),
@@ -201,6 +367,28 @@ mod tests {
         let err = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         h.join().unwrap();
+    }
+
+    #[test]
+    fn chunks_and_reads_mix() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (mut r, h) = spawn("test", Box::new(io::Cursor::new(data.clone())), false).unwrap();
+        let mut out = vec![0; 1000];
+        r.read_exact(&mut out).unwrap();
+        while let Some(c) = r.next_chunk().unwrap() {
+            out.extend_from_slice(&c);
+        }
+        assert_eq!(out, data);
+        assert!(r.fill_buf().unwrap().is_empty());
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn read_chunks_hands_out_bytes_before_an_error() {
+        let mut c = ReadChunks::new(io::Cursor::new(b"abc".to_vec()).chain(Failing));
+        assert_eq!(&c.next_chunk().unwrap().unwrap()[..], b"abc");
+        let err = c.next_chunk().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
