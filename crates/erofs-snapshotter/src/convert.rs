@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use erofs::writer::{ImageWriter, WriterOptions};
 use layer::compression;
-use layer::convert::{ConvertOptions, ConvertReport, stream_tar};
+use layer::convert::{ConvertOptions, ConvertReport, stream_chunks};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -167,12 +167,13 @@ pub fn run(args: Args) -> Result<()> {
         };
         let (compression, decoded) =
             compression::open_reader(counted).context("reading the layer's first bytes")?;
-        // Hash on whichever side has time to spare (see pipeline::spawn).
-        let producer_hashes = compression == layer::Compression::None;
-        let (pipe, producer) = layer::pipeline::spawn("inflate", decoded, producer_hashes)?;
+        // The converter hashes on a thread of its own, next to the one
+        // reading (and inflating) and the one parsing and writing: three
+        // stages that two cores share as each needs.
+        let (pipe, producer) = layer::pipeline::spawn("inflate", decoded, false)?;
         let opts = ConvertOptions {
             inline_data: args.inline,
-            compute_diff_id: !producer_hashes,
+            compute_diff_id: true,
             tar_index: args.tar_index,
             limits: layer::tar::Limits {
                 max_entries: args.max_entries,
@@ -180,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             ..Default::default()
         };
-        let streamed = stream_tar(pipe, tmp.reopen()?, &out_dir, &opts);
+        let streamed = stream_chunks(pipe, tmp.reopen()?, &out_dir, &opts);
         let inflate = producer
             .join()
             .map_err(|_| anyhow::anyhow!("inflate thread panicked"))?;
