@@ -15,7 +15,10 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-5}
 CACHE=$(bash scripts/bench-layer.sh)
 
-cargo build --release --locked -p erofs-snapshotter -p layer --example inflate >/dev/null 2>&1
+# Two builds: `--example` alone would select only the example and leave
+# a stale binary in place.
+cargo build --release --locked -p erofs-snapshotter --bins >/dev/null 2>&1
+cargo build --release --locked -p layer --example inflate >/dev/null 2>&1
 BIN=$PWD/target/release/erofs-snapshotter
 INFLATE=$PWD/target/release/examples/inflate
 OUT=$CACHE/out
