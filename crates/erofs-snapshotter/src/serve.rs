@@ -83,9 +83,7 @@ pub fn run(args: Args) -> Result<()> {
             defer_sync: cfg.layer_sync == LayerSync::Deferred,
         },
         metrics.clone(),
-    )
-    .context("starting the layer sync thread")?;
-    let syncer = diff.syncer();
+    );
     let rebuilder = diff.rebuilder();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,6 +122,6 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     // A clean stop leaves every image on disk, so the next start has
     // nothing to check.
-    syncer.stop();
+    core.stop_syncing();
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! Compare (the `Diff` RPC) exports an active snapshot's overlay upper as
 //! an OCI layer into containerd's content store. Mounts that are not ours
 //! get Unimplemented, which makes containerd's diff service try its next
-//! differ. It also owns the background fsync of the images Apply wrote
-//! (`durability`) and rebuilds those a crash may have torn.
+//! differ. At start-up it also rebuilds the layers a crash may have torn
+//! (`durability`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use proto::types::Descriptor;
 
 use crate::content::{ContentError, ContentSource, UploadTarget};
 use crate::differ::{self, ApplyError, ApplyOptions, Blob};
-use crate::durability::{Record, Syncer};
+use crate::durability::Record;
 use crate::metrics::{self, Metrics};
 use crate::mounts::MountSpec;
 use crate::snapshotter::Snapshotter;
@@ -27,7 +27,6 @@ pub struct DiffService {
     content: ContentSource,
     opts: ApplyOptions,
     metrics: Arc<Metrics>,
-    syncer: Arc<Syncer>,
 }
 
 /// How long a rebuild waits for containerd to come up (it may start after
@@ -35,45 +34,18 @@ pub struct DiffService {
 const REBUILD_PATIENCE: Duration = Duration::from_secs(300);
 
 impl DiffService {
-    /// Also queues the images the start-up scan found not yet fsynced.
     pub fn new(
         snapshots: Arc<Snapshotter>,
         content: ContentSource,
         opts: ApplyOptions,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Self> {
-        let m = metrics.clone();
-        let syncer = Syncer::start(Box::new(move |synced| {
-            let result = match &synced.error {
-                None => "ok",
-                Some(_) => "error",
-            };
-            m.op("layer_sync", result, synced.sync);
-            let mut fields = vec![
-                ("dir", synced.dir.display().to_string()),
-                ("sync_ms", metrics::ms(synced.sync)),
-                ("lag_ms", metrics::ms(synced.lag)),
-            ];
-            if let Some(e) = &synced.error {
-                fields.push(("error", e.clone()));
-            }
-            metrics::log("layer durable", &fields);
-        }))?;
-        for dir in snapshots.take_pending() {
-            syncer.submit(dir);
-        }
-        Ok(DiffService {
+    ) -> Self {
+        DiffService {
             snapshots,
             content,
             opts,
             metrics,
-            syncer: Arc::new(syncer),
-        })
-    }
-
-    /// The background fsync, to drain at shutdown.
-    pub fn syncer(&self) -> Arc<Syncer> {
-        self.syncer.clone()
+        }
     }
 
     /// The task that rebuilds the layers a crash may have torn.
@@ -134,7 +106,6 @@ impl DiffService {
             defer_sync: self.opts.defer_sync && !sync_fs,
             ..self.opts.clone()
         };
-        let target = dir.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let applied = differ::apply(&dir, &blob, input, &opts)?;
             if sync_fs {
@@ -156,9 +127,6 @@ impl DiffService {
         .await
         .map_err(|e| status(ErrorKind::Internal, format!("worker failed: {e}")))?
         .map_err(apply_status)?;
-        if applied.deferred {
-            self.syncer.submit(target);
-        }
         let mut fields = vec![
             ("layer", desc.digest.clone()),
             ("diff_id", applied.digest.clone()),

@@ -182,8 +182,7 @@ pub struct Applied {
     pub digest: String,
     pub size: u64,
     pub timings: Timings,
-    /// The image is not on disk yet: the caller must have it fsynced
-    /// (`durability::Syncer`).
+    /// The image is not on disk yet: Commit queues its fsync.
     pub deferred: bool,
 }
 
@@ -193,9 +192,9 @@ pub struct ApplyOptions {
     /// Tar index instead of a full conversion (`enable_tar_index`).
     pub tar_index: bool,
     /// Answer before the image is on disk, leaving a
-    /// `durability::PENDING` record for the caller's background fsync
-    /// (`layer_sync = "deferred"`). Where the filesystem cannot hold the
-    /// record, the image is fsynced first anyway.
+    /// `durability::PENDING` record for the background fsync that Commit
+    /// queues (`layer_sync = "deferred"`). Where the filesystem cannot
+    /// hold the record, the image is fsynced first anyway.
     pub defer_sync: bool,
 }
 
@@ -244,9 +243,17 @@ pub fn apply(
     let out = tmp.reopen().map_err(io_err("opening", tmp.path()))?;
 
     let mut timings = Timings::default();
-    // Deferred or not, the disk should be busy while the CPUs convert.
-    let flusher =
-        Flusher::start(&out, tmp.path()).map_err(io_err("starting writeback of", tmp.path()))?;
+    // When the fsync is waited for, the disk should work while the CPUs
+    // convert. When it is deferred, early writeback would only make the
+    // store's fsync at Commit wait for it (see `durability`).
+    let flusher = if opts.defer_sync {
+        None
+    } else {
+        Some(
+            Flusher::start(&out, tmp.path())
+                .map_err(io_err("starting writeback of", tmp.path()))?,
+        )
+    };
     let (media_type, digest, size, file) = match kind {
         LayerKind::Tar(compression) => {
             let (found, decoded) =

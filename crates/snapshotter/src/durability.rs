@@ -5,8 +5,11 @@
 //! machine loses power. So in the default `deferred` mode the differ
 //! renames the image into place without an fsync, after tagging the
 //! snapshot directory with a [`Record`] of the blob (the [`PENDING`]
-//! xattr), and a background thread fsyncs the image and then drops the
-//! tag. The record names the boot it was written in, which tells the next
+//! xattr); Commit queues it, and a background thread fsyncs the image
+//! and then drops the tag. Not before Commit: on ext4 (data=ordered) the
+//! store's own fsync would then wait for whatever of the image is being
+//! written, while data the kernel has not allocated yet is not waited
+//! for, so the differ does not start writeback early in this mode. The record names the boot it was written in, which tells the next
 //! start what happened:
 //!
 //! * same boot (the daemon restarted): the page cache still holds the
@@ -121,6 +124,11 @@ pub fn mark_pending(dir: &Path, record: &Record) -> io::Result<bool> {
         Err(e) if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::PERM => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `dir` holds an image not yet known to be on disk.
+pub fn is_pending(dir: &Path) -> bool {
+    matches!(pending_record(dir), Ok(Some(_)))
 }
 
 fn pending_record(dir: &Path) -> io::Result<Option<String>> {

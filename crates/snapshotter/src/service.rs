@@ -25,6 +25,15 @@ pub struct SnapshotService {
 
 impl SnapshotService {
     pub fn new(inner: Arc<Snapshotter>, metrics: Arc<Metrics>) -> Self {
+        let m = metrics.clone();
+        inner.on_synced(Box::new(move |synced| {
+            let result = if synced.error.is_none() {
+                "ok"
+            } else {
+                "error"
+            };
+            m.op("layer_sync", result, synced.sync);
+        }));
         SnapshotService { inner, metrics }
     }
 

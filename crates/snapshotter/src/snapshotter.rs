@@ -14,19 +14,20 @@
 //!   A crash in between leaves a directory without a record, which the
 //!   start-up scan moves to the trash.
 //! * the differ's images may reach the disk after Apply answers (see
-//!   `durability`): the start-up scan queues those of this boot for an
-//!   fsync and sets aside those a crash may have torn, which nothing
-//!   mounts until the differ has rebuilt them.
+//!   `durability`): Commit queues them for a background fsync; the
+//!   start-up scan queues those of this boot again and sets aside those a
+//!   crash may have torn, which nothing mounts until the differ has
+//!   rebuilt them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{Mode, MountMode, VM_DEFAULT_SIZE};
-use crate::durability::{self, Record};
+use crate::durability::{self, OnSynced, Record, Syncer};
 use crate::filters::{self, Fields};
 use crate::layout::{Layout, NEW_PREFIX, TEMP_PREFIX};
 use crate::mounts::{self, MountError, MountSpec};
@@ -166,8 +167,10 @@ pub struct Snapshotter {
     /// Committed layers a crash may have torn, with their records, until
     /// rebuilt.
     lost: Mutex<BTreeMap<u64, Option<Record>>>,
-    /// Images of this boot the start-up scan found not yet fsynced.
-    pending: Mutex<Vec<PathBuf>>,
+    /// fsyncs the images the differ left pending, after their Commit.
+    syncer: Syncer,
+    /// Told of each such fsync (the metrics).
+    sync_observer: Arc<Mutex<Option<OnSynced>>>,
 }
 
 /// An upper directory to read, mounted for the purpose if it lives in a
@@ -208,6 +211,23 @@ impl Snapshotter {
         let layout = Layout::new(&cfg.root);
         layout.create().map_err(io_err("creating", layout.root()))?;
         let store = Store::open(&layout.db())?;
+        let sync_observer: Arc<Mutex<Option<OnSynced>>> = Arc::new(Mutex::new(None));
+        let observer = sync_observer.clone();
+        let syncer = Syncer::start(Box::new(move |synced| {
+            let mut fields = vec![
+                ("dir", synced.dir.display().to_string()),
+                ("sync_ms", crate::metrics::ms(synced.sync)),
+                ("lag_ms", crate::metrics::ms(synced.lag)),
+            ];
+            if let Some(e) = &synced.error {
+                fields.push(("error", e.clone()));
+            }
+            crate::metrics::log("layer durable", &fields);
+            if let Some(f) = observer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                f(synced);
+            }
+        }))
+        .map_err(io_err("starting the layer sync thread for", layout.root()))?;
         let s = Snapshotter {
             layout,
             store,
@@ -215,7 +235,8 @@ impl Snapshotter {
             lowers: Mutex::new(()),
             fsmeta: Mutex::new(()),
             lost: Mutex::new(BTreeMap::new()),
-            pending: Mutex::new(Vec::new()),
+            syncer,
+            sync_observer,
         };
         s.recover(true)?;
         Ok(s)
@@ -258,7 +279,11 @@ impl Snapshotter {
             .into());
         }
         if let Some(p) = parent
-            && !self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            && !self
+                .lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
         {
             let (p, _) = self.store.get(p)?;
             let mut chain = vec![p.id];
@@ -741,6 +766,10 @@ impl Snapshotter {
             discard();
             return Err(e.into());
         }
+        let dir = self.layout.snapshot(id);
+        if !converted && durability::is_pending(&dir) {
+            self.syncer.submit(dir);
+        }
         // The upper's content now lives in the image; keep fs/ itself,
         // whose owner children inherit.
         let fs_dir = self.layout.fs(id);
@@ -807,10 +836,20 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Images written in this boot that the start-up scan found not yet
-    /// fsynced: the caller queues them (once).
-    pub fn take_pending(&self) -> Vec<PathBuf> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Have `f` told of every background fsync (after the log line).
+    pub fn on_synced(&self, f: OnSynced) {
+        *self.sync_observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Wait until every image queued so far is on disk.
+    pub fn wait_synced(&self) {
+        self.syncer.wait();
+    }
+
+    /// At shutdown: finish the queue, so that a clean stop leaves no
+    /// image pending.
+    pub fn stop_syncing(&self) {
+        self.syncer.stop();
     }
 
     /// Committed layers that wait for a rebuild: id, directory, record.
@@ -897,11 +936,16 @@ impl Snapshotter {
     fn scan_durability(&self, id: u64, key: &str, dir: &Path) -> Result<()> {
         match durability::scan(dir).map_err(io_err("checking durability of", dir))? {
             durability::State::Durable => {}
-            durability::State::Pending => self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(dir.to_path_buf()),
+            durability::State::Pending => {
+                let committed = self
+                    .store
+                    .get(key)
+                    .is_ok_and(|(s, _)| s.kind == Kind::Committed);
+                // An active snapshot's image is queued by its Commit.
+                if committed {
+                    self.syncer.submit(dir.to_path_buf());
+                }
+            }
             durability::State::Lost(record) => {
                 let committed = self
                     .store

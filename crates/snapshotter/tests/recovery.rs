@@ -110,8 +110,9 @@ mod torn_layers {
     }
 
     /// Unpack `bytes` as layer `name` the way containerd does: extraction
-    /// snapshot, Apply (deferred), Commit. Returns the snapshot directory.
-    fn unpack(s: &Snapshotter, name: &str, blob: &Blob, bytes: &[u8]) -> PathBuf {
+    /// snapshot, Apply (deferred), Commit. Returns the snapshot directory
+    /// and the record Apply left until the fsync.
+    fn unpack(s: &Snapshotter, name: &str, blob: &Blob, bytes: &[u8]) -> (PathBuf, Record) {
         let labels = BTreeMap::from([(TARGET_LABEL.to_string(), name.to_string())]);
         let key = format!("extract-{name}");
         let mounts = s.prepare(&key, None, labels).unwrap();
@@ -123,27 +124,29 @@ mod torn_layers {
         let input = Box::new(std::io::Cursor::new(bytes.to_vec()));
         let applied = differ::apply(&dir, blob, input, &opts).unwrap();
         assert!(applied.deferred);
+        let record = pending(&dir).expect("no record after a deferred Apply");
         s.commit(&key, name, BTreeMap::new(), None).unwrap();
-        dir
+        (dir, record)
+    }
+
+    fn pending(dir: &Path) -> Option<Record> {
+        let mut buf = [0u8; 4096];
+        let n = rustix::fs::getxattr(dir, durability::PENDING, &mut buf[..]).ok()?;
+        Record::parse(std::str::from_utf8(&buf[..n]).unwrap())
+    }
+
+    fn mark(dir: &Path, record: &Record) {
+        assert!(durability::mark_pending(dir, record).unwrap());
     }
 
     /// What a crash before the fsync looks like to the next boot: the
     /// record names another boot, and the image lost its tail.
-    fn crash(dir: &Path) {
-        let mut buf = [0u8; 4096];
-        let n = rustix::fs::getxattr(dir, durability::PENDING, &mut buf[..]).unwrap();
-        let record = Record::parse(std::str::from_utf8(&buf[..n]).unwrap()).unwrap();
+    fn crash(dir: &Path, record: &Record) {
         let other = Record {
             boot_id: "00000000-0000-0000-0000-000000000000".into(),
-            ..record
+            ..record.clone()
         };
-        rustix::fs::setxattr(
-            dir,
-            durability::PENDING,
-            other.to_text().as_bytes(),
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        mark(dir, &other);
         let image = fs::OpenOptions::new()
             .write(true)
             .open(dir.join("layer.erofs"))
@@ -156,23 +159,32 @@ mod torn_layers {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         let (blob, gz) = blob();
-        let (dir, image) = {
+        let (dir, record, image) = {
             let s = open(&root);
-            let dir = unpack(&s, "base", &blob, &gz);
-            (dir.clone(), fs::read(dir.join("layer.erofs")).unwrap())
+            let (dir, record) = unpack(&s, "base", &blob, &gz);
+            // Commit queued the fsync.
+            s.wait_synced();
+            assert_eq!(pending(&dir), None);
+            (
+                dir.clone(),
+                record,
+                fs::read(dir.join("layer.erofs")).unwrap(),
+            )
         };
 
-        // Restarted in the same boot: queued for an fsync, usable.
+        // Killed before the fsync, restarted in the same boot: fsynced
+        // then, and usable meanwhile.
+        mark(&dir, &record);
         let s = open(&root);
-        assert_eq!(s.take_pending(), vec![dir.clone()]);
         assert!(s.lost_layers().is_empty());
         s.prepare("c1", Some("base"), BTreeMap::new()).unwrap();
+        s.wait_synced();
+        assert_eq!(pending(&dir), None);
         drop(s);
 
         // A crash: the chain is refused, by name, until rebuilt.
-        crash(&dir);
+        crash(&dir, &record);
         let s = open(&root);
-        assert!(s.take_pending().is_empty());
         let lost = s.lost_layers();
         assert_eq!(lost.len(), 1);
         let (id, lost_dir, record) = lost.into_iter().next().unwrap();
@@ -216,7 +228,7 @@ mod torn_layers {
         drop(s);
         let s = open(&root);
         assert!(s.lost_layers().is_empty());
-        assert!(s.take_pending().is_empty());
+        assert_eq!(pending(&dir), None);
     }
 
     #[test]
@@ -237,7 +249,8 @@ mod torn_layers {
             differ::apply(&dir, &blob, input, &opts).unwrap();
             dir
         };
-        crash(&dir);
+        let record = pending(&dir).unwrap();
+        crash(&dir, &record);
         let s = open(&root);
         assert!(s.lost_layers().is_empty());
         // No Commit can adopt what the crash left.
