@@ -67,6 +67,10 @@ pub fn run(args: Args) -> Result<()> {
         default_size: cfg.default_size,
         mount_mode: cfg.mount_mode,
         mode: cfg.mode,
+        sync_pacing: snapshotter::durability::Pacing {
+            idle: std::time::Duration::from_millis(cfg.layer_sync_idle_ms),
+            max_delay: snapshotter::durability::MAX_DELAY,
+        },
     })
     .with_context(|| format!("opening {}", cfg.root_path.display()))?;
     let core = Arc::new(core);

@@ -98,6 +98,10 @@ pub struct Config {
     /// Apply answers (default), or before.
     #[serde(default)]
     pub layer_sync: LayerSync,
+    /// Deferred fsyncs start after this long without snapshot activity
+    /// (at most 30 s after Commit).
+    #[serde(default = "default_layer_sync_idle_ms")]
+    pub layer_sync_idle_ms: u64,
     /// `host:port` for a Prometheus text endpoint at `/metrics`; off when
     /// unset.
     #[serde(default)]
@@ -106,6 +110,10 @@ pub struct Config {
 
 fn default_root() -> PathBuf {
     PathBuf::from("/var/lib/erofs-snapshotter")
+}
+
+fn default_layer_sync_idle_ms() -> u64 {
+    1000
 }
 
 fn default_containerd_address() -> PathBuf {
@@ -131,6 +139,7 @@ impl Default for Config {
             content_dir: None,
             enable_tar_index: false,
             layer_sync: LayerSync::Deferred,
+            layer_sync_idle_ms: default_layer_sync_idle_ms(),
             metrics_address: None,
         }
     }

@@ -61,6 +61,8 @@ impl DiffService {
         let ns = proto::metadata::namespace(&req)
             .ok_or_else(|| status(ErrorKind::InvalidArgument, "apply without a namespace"))?
             .to_string();
+        // Background fsyncs wait while layers are being applied.
+        let _busy = self.snapshots.busy();
         let r = req.into_inner();
         let desc = r
             .diff

@@ -29,9 +29,10 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::layout::BLOB;
 
@@ -220,6 +221,67 @@ struct Job {
     queued: Instant,
 }
 
+/// When the background fsyncs run. Writing a gigabyte out takes the disk
+/// seconds, and on ext4 (data=ordered) every fsync on the filesystem
+/// meanwhile waits for what is in flight: containerd's own metadata
+/// commits at the end of a pull and at container creation would. So the
+/// syncer waits for a pause in snapshot activity, but never longer than
+/// `max_delay` (the kernel's own writeback starts after 30 s anyway).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pacing {
+    /// Time without snapshot activity before an fsync starts; zero syncs
+    /// at once.
+    pub idle: Duration,
+    pub max_delay: Duration,
+}
+
+/// The longest an image waits for a pause, as the kernel's
+/// `dirty_expire_centisecs` default.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Snapshot activity, shared between the syncer and its users.
+#[derive(Default)]
+struct Activity {
+    epoch: OnceLock<Instant>,
+    /// Nanoseconds after `epoch` of the last activity.
+    last: AtomicU64,
+    /// Operations in progress (an Apply can take longer than `idle`).
+    busy: AtomicUsize,
+    /// Stopping: no more waiting for pauses.
+    draining: AtomicBool,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Whether an fsync queued at `queued` may start now.
+    fn may_sync(&self, pacing: &Pacing, queued: Instant) -> bool {
+        if self.draining.load(Ordering::Relaxed) || queued.elapsed() >= pacing.max_delay {
+            return true;
+        }
+        let idle =
+            Duration::from_nanos(self.now().saturating_sub(self.last.load(Ordering::Relaxed)));
+        self.busy.load(Ordering::Relaxed) == 0 && idle >= pacing.idle
+    }
+}
+
+/// Counts as snapshot activity until dropped.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The background thread that fsyncs images in the order they were
 /// written (the disk is the bottleneck; one at a time keeps each layer's
 /// window short).
@@ -228,19 +290,29 @@ pub struct Syncer {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Jobs queued and not yet done, to wait for.
     outstanding: Arc<(Mutex<usize>, Condvar)>,
+    activity: Arc<Activity>,
 }
 
 pub type OnSynced = Box<dyn Fn(&Synced) + Send>;
 
+/// How often a waiting syncer looks for a pause.
+const POLL: Duration = Duration::from_millis(50);
+
 impl Syncer {
-    pub fn start(on_synced: OnSynced) -> io::Result<Syncer> {
+    pub fn start(on_synced: OnSynced, pacing: Pacing) -> io::Result<Syncer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let outstanding = Arc::new((Mutex::new(0usize), Condvar::new()));
         let count = outstanding.clone();
+        let activity = Arc::new(Activity::default());
+        activity.touch();
+        let seen = activity.clone();
         let thread = std::thread::Builder::new()
             .name("layer-sync".into())
             .spawn(move || {
                 for job in rx {
+                    while !seen.may_sync(&pacing, job.queued) {
+                        std::thread::sleep(POLL);
+                    }
                     let start = Instant::now();
                     let error = make_durable(&job.dir).err();
                     on_synced(&Synced {
@@ -259,7 +331,19 @@ impl Syncer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             outstanding,
+            activity,
         })
+    }
+
+    /// Snapshot activity happened: postpone fsyncs by the idle time.
+    pub fn touch(&self) {
+        self.activity.touch();
+    }
+
+    /// Snapshot activity for as long as the guard lives.
+    pub fn busy(&self) -> Busy {
+        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.activity.clone())
     }
 
     /// Queue `dir`'s image (with its [`PENDING`] record) for an fsync.
@@ -289,9 +373,10 @@ impl Syncer {
         }
     }
 
-    /// Finish the queue and stop the thread (at shutdown, so that a
-    /// clean stop leaves no record behind).
+    /// Finish the queue without waiting for pauses and stop the thread
+    /// (at shutdown, so that a clean stop leaves no record behind).
     pub fn stop(&self) {
+        self.activity.draining.store(true, Ordering::Relaxed);
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
@@ -393,9 +478,12 @@ mod tests {
         assert!(mark_pending(&a, &record()).unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let syncer = Syncer::start(Box::new(move |s| {
-            log.lock().unwrap().push(s.error.clone());
-        }))
+        let syncer = Syncer::start(
+            Box::new(move |s| {
+                log.lock().unwrap().push(s.error.clone());
+            }),
+            Pacing::default(),
+        )
         .unwrap();
         syncer.submit(a.clone());
         syncer.submit(d.path().join("gone"));
@@ -407,5 +495,43 @@ mod tests {
         // After stop, submissions are dropped rather than blocking.
         syncer.submit(a);
         syncer.wait();
+    }
+
+    #[test]
+    fn syncs_wait_for_a_pause_but_not_forever() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(BLOB), b"image").unwrap();
+        let pacing = Pacing {
+            idle: Duration::from_millis(300),
+            max_delay: Duration::from_secs(2),
+        };
+        let lags = Arc::new(Mutex::new(Vec::new()));
+        let log = lags.clone();
+        let syncer =
+            Syncer::start(Box::new(move |s| log.lock().unwrap().push(s.lag)), pacing).unwrap();
+
+        // Activity just now: the fsync waits for the idle time.
+        syncer.touch();
+        syncer.submit(d.path().to_path_buf());
+        syncer.wait();
+        let lag = lags.lock().unwrap()[0];
+        assert!(lag >= Duration::from_millis(250), "{lag:?}");
+
+        // Busy all along: only the maximum delay lets it through.
+        let busy = syncer.busy();
+        syncer.submit(d.path().to_path_buf());
+        syncer.wait();
+        let lag = lags.lock().unwrap()[1];
+        assert!(lag >= Duration::from_secs(2), "{lag:?}");
+        drop(busy);
+
+        // Stopping drains at once.
+        let busy = syncer.busy();
+        syncer.submit(d.path().to_path_buf());
+        let start = Instant::now();
+        syncer.stop();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(lags.lock().unwrap().len(), 3);
+        drop(busy);
     }
 }

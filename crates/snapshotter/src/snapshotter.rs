@@ -51,6 +51,8 @@ pub struct Config {
     pub mount_mode: crate::config::MountMode,
     /// Host (runc) or VM runtimes.
     pub mode: Mode,
+    /// When deferred fsyncs of the differ's images run.
+    pub sync_pacing: durability::Pacing,
 }
 
 /// Every way a snapshot operation can fail, classified for the caller.
@@ -213,20 +215,23 @@ impl Snapshotter {
         let store = Store::open(&layout.db())?;
         let sync_observer: Arc<Mutex<Option<OnSynced>>> = Arc::new(Mutex::new(None));
         let observer = sync_observer.clone();
-        let syncer = Syncer::start(Box::new(move |synced| {
-            let mut fields = vec![
-                ("dir", synced.dir.display().to_string()),
-                ("sync_ms", crate::metrics::ms(synced.sync)),
-                ("lag_ms", crate::metrics::ms(synced.lag)),
-            ];
-            if let Some(e) = &synced.error {
-                fields.push(("error", e.clone()));
-            }
-            crate::metrics::log("layer durable", &fields);
-            if let Some(f) = observer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                f(synced);
-            }
-        }))
+        let syncer = Syncer::start(
+            Box::new(move |synced| {
+                let mut fields = vec![
+                    ("dir", synced.dir.display().to_string()),
+                    ("sync_ms", crate::metrics::ms(synced.sync)),
+                    ("lag_ms", crate::metrics::ms(synced.lag)),
+                ];
+                if let Some(e) = &synced.error {
+                    fields.push(("error", e.clone()));
+                }
+                crate::metrics::log("layer durable", &fields);
+                if let Some(f) = observer.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    f(synced);
+                }
+            }),
+            cfg.sync_pacing,
+        )
         .map_err(io_err("starting the layer sync thread for", layout.root()))?;
         let s = Snapshotter {
             layout,
@@ -267,6 +272,7 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<MountSpec>> {
+        self.syncer.touch();
         if kind == Kind::Active
             && let Some(target) = labels.get(TARGET_LABEL)
             && let Some(existing) = self.find_target(target, parent)?
@@ -589,6 +595,7 @@ impl Snapshotter {
     /// size-limited upper) are mounted again if they are missing, after a
     /// reboot say.
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        self.syncer.touch();
         let (snap, _) = self.store.get(key)?;
         let block = self.layout.rwlayer(snap.id).exists();
         self.check_not_lost(&snap.parent_ids)?;
@@ -723,6 +730,7 @@ impl Snapshotter {
         labels: BTreeMap<String, String>,
         parent: Option<&str>,
     ) -> Result<()> {
+        self.syncer.touch();
         let (snap, _) = self.store.get(key)?;
         if snap.kind != Kind::Active {
             return Err(
@@ -839,6 +847,12 @@ impl Snapshotter {
     /// Have `f` told of every background fsync (after the log line).
     pub fn on_synced(&self, f: OnSynced) {
         *self.sync_observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// An operation (an Apply) that postpones background fsyncs for as
+    /// long as the guard lives.
+    pub fn busy(&self) -> durability::Busy {
+        self.syncer.busy()
     }
 
     /// Wait until every image queued so far is on disk.
@@ -1017,6 +1031,7 @@ impl Snapshotter {
     /// Remove `key`. Fast: the directory moves to the trash and is deleted
     /// in the background.
     pub fn remove(&self, key: &str) -> Result<()> {
+        self.syncer.touch();
         let (id, kind) = self.store.remove(key)?;
         let blob = self.layout.blob(id);
         if kind == Kind::Committed && self.cfg.set_immutable && blob.exists() {

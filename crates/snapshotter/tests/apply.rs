@@ -120,7 +120,7 @@ fn every_compression_gives_the_same_layer_and_diff_id() {
     assert_eq!(record.namespace, "default");
     assert_eq!(record.diff_id, applied.digest);
     assert_eq!(record.boot_id, durability::boot_id().unwrap());
-    let syncer = durability::Syncer::start(Box::new(|_| {})).unwrap();
+    let syncer = durability::Syncer::start(Box::new(|_| {}), Default::default()).unwrap();
     syncer.submit(dir.path().to_path_buf());
     syncer.wait();
     assert!(matches!(
