@@ -22,7 +22,9 @@
 # per-stage Apply times (its `msg=apply` log lines, summed per pull).
 # Environment: MODES (default "overlayfs erofs ours"), IMAGES (default
 # "small many large"), OURS_CONFIG (extra lines for our daemon's
-# configuration, e.g. 'layer_sync = "sync"'), CARGO_TARGET_DIR.
+# configuration, e.g. 'layer_sync = "sync"'), RUN ("start": time only the
+# start of a detached container, `ctr run -d … sleep 60`, instead of
+# `ctr run --rm … true` with its teardown), CARGO_TARGET_DIR.
 # Needs root, containerd 2.x, runc, skopeo and docker-registry
 # (scripts/setup.sh).
 set -euo pipefail
@@ -148,9 +150,23 @@ one_run() {
     "${ctr[@]}" images pull --plain-http --snapshotter "$snapshotter" "$REG/$image:1" \
         >"$run_dir/pull.log" 2>&1 || { tail -5 "$run_dir/pull.log" "$run_dir/snapd.log" >&2 || true; return 1; }
     t1=$(date +%s%N)
-    "${ctr[@]}" run --rm --snapshotter "$snapshotter" --fifo-dir "$run_dir/fifo" \
-        --runc-root "$run_dir/runc" "$REG/$image:1" bench true >/dev/null
-    t2=$(date +%s%N)
+    if [ "${RUN:-}" = start ]; then
+        # Only the start: the task runs on; its teardown (whose overlay
+        # unmount syncs the upper's filesystem) is not timed.
+        "${ctr[@]}" run -d --snapshotter "$snapshotter" --fifo-dir "$run_dir/fifo" \
+            --runc-root "$run_dir/runc" "$REG/$image:1" bench sleep 60 >/dev/null
+        t2=$(date +%s%N)
+        "${ctr[@]}" task kill -s SIGKILL bench >/dev/null 2>&1 || true
+        for _ in $(seq 100); do
+            "${ctr[@]}" task delete bench >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        "${ctr[@]}" containers delete bench >/dev/null 2>&1 || true
+    else
+        "${ctr[@]}" run --rm --snapshotter "$snapshotter" --fifo-dir "$run_dir/fifo" \
+            --runc-root "$run_dir/runc" "$REG/$image:1" bench true >/dev/null
+        t2=$(date +%s%N)
+    fi
     echo "$(((t1 - t0) / 1000000)) $(((t2 - t1) / 1000000))" >>"$OUT/$image.$mode"
     if [ "$mode" = ours ]; then
         awk '/ msg=apply / { for (i = 1; i <= NF; i++) { split($i, kv, "=");
