@@ -948,45 +948,40 @@ impl Snapshotter {
     /// Start-up: what happened to the image of snapshot `id` (`key`)
     /// if the differ wrote it without an fsync.
     fn scan_durability(&self, id: u64, key: &str, dir: &Path) -> Result<()> {
-        match durability::scan(dir).map_err(io_err("checking durability of", dir))? {
-            durability::State::Durable => {}
-            durability::State::Pending => {
-                let committed = self
-                    .store
-                    .get(key)
-                    .is_ok_and(|(s, _)| s.kind == Kind::Committed);
-                // An active snapshot's image is queued by its Commit.
-                if committed {
-                    self.syncer.submit(dir.to_path_buf());
-                }
+        let state = durability::scan(dir).map_err(io_err("checking durability of", dir))?;
+        if state == durability::State::Durable {
+            return Ok(());
+        }
+        let committed = self
+            .store
+            .get(key)
+            .is_ok_and(|(s, _)| s.kind == Kind::Committed);
+        match state {
+            // An active snapshot's image is queued by its Commit.
+            durability::State::Pending if committed => self.syncer.submit(dir.to_path_buf()),
+            durability::State::Lost(record) if committed => {
+                eprintln!(
+                    "warning: snapshot {key}: its layer image may have been torn by a crash; it will be rebuilt from its blob"
+                );
+                self.lost
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, record);
             }
-            durability::State::Lost(record) => {
-                let committed = self
-                    .store
-                    .get(key)
-                    .is_ok_and(|(s, _)| s.kind == Kind::Committed);
-                if committed {
-                    eprintln!(
-                        "warning: snapshot {key}: its layer image may have been torn by a crash; it will be rebuilt from its blob"
-                    );
-                    self.lost
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id, record);
-                } else {
-                    // An unpack the crash interrupted: containerd does it
-                    // again, and no Commit may adopt a torn image.
-                    let blob = self.layout.blob(id);
-                    match fs::remove_file(&blob) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                            return Err(io_err("removing", &blob)(e));
-                        }
-                        _ => {}
+            durability::State::Lost(_) => {
+                // An unpack the crash interrupted: containerd does it
+                // again, and no Commit may adopt a torn image.
+                let blob = self.layout.blob(id);
+                match fs::remove_file(&blob) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err("removing", &blob)(e));
                     }
-                    let lost = dir.join(durability::LOST);
-                    fs::remove_file(&lost).map_err(io_err("removing", &lost))?;
+                    _ => {}
                 }
+                let lost = dir.join(durability::LOST);
+                fs::remove_file(&lost).map_err(io_err("removing", &lost))?;
             }
+            durability::State::Pending | durability::State::Durable => {}
         }
         Ok(())
     }
