@@ -514,6 +514,13 @@ fn layers_torn_by_a_crash_are_rebuilt_from_their_blobs() {
     let ns = "modes-crash";
     let (image, reference, mut c) = pull_whiteouts(&s, Options::new(ns, Mode::Ours));
     let n = image.built.diff_ids.len();
+    let log = c.daemon_log();
+    let applies: Vec<&str> = log.lines().filter(|l| l.contains(" msg=apply ")).collect();
+    assert_eq!(applies.len(), n);
+    assert!(
+        applies.iter().all(|l| l.contains(" deferred=true ")),
+        "Apply waited for the disk:\n{log}"
+    );
     let mut before = BTreeMap::new();
     c.restart_daemon(|root| {
         for (dir, i) in layer_dirs(root, &image) {

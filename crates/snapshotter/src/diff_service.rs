@@ -133,6 +133,9 @@ impl DiffService {
             ("layer", desc.digest.clone()),
             ("diff_id", applied.digest.clone()),
             ("source", source.to_string()),
+            // false under `layer_sync = "deferred"` means the filesystem
+            // could not hold the record and the image was fsynced first.
+            ("deferred", applied.deferred.to_string()),
         ];
         fields.extend(metrics::apply_fields(&applied.timings));
         metrics::log("apply", &fields);
