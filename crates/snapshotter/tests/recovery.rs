@@ -258,4 +258,75 @@ mod torn_layers {
         assert!(!dir.join(durability::LOST).exists());
         s.stat("extract-base").unwrap();
     }
+
+    /// VM mode: merged metadata built over a layer that a crash tore is
+    /// dropped when the layer is rebuilt, and built again, the same, at
+    /// the next use.
+    #[test]
+    fn a_rebuild_drops_fsmeta_built_over_the_torn_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let open_vm = || {
+            Snapshotter::open(Config {
+                root: root.clone(),
+                mode: snapshotter::config::Mode::Vm,
+                mount_mode: MountMode::MountManager,
+                ..Config::default()
+            })
+            .unwrap()
+        };
+        let (base_blob, base_gz) = blob();
+        let s = open_vm();
+        let (base_dir, base_record) = unpack(&s, "base", &base_blob, &base_gz);
+        // A second layer above it.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "top/file", &b"top"[..]).unwrap();
+        let top_tar = b.into_inner().unwrap();
+        let top_blob = Blob {
+            namespace: "ns1".into(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: Digest::of(&top_tar).to_string(),
+            size: top_tar.len() as u64,
+        };
+        let labels = BTreeMap::from([(TARGET_LABEL.to_string(), "top".to_string())]);
+        let mounts = s.prepare("extract-top", Some("base"), labels).unwrap();
+        let top_dir = s.apply_target(&mounts).unwrap().unwrap();
+        let opts = ApplyOptions {
+            defer_sync: true,
+            ..Default::default()
+        };
+        differ::apply(
+            &top_dir,
+            &top_blob,
+            Box::new(std::io::Cursor::new(top_tar)),
+            &opts,
+        )
+        .unwrap();
+        s.commit("extract-top", "top", BTreeMap::new(), None)
+            .unwrap();
+        let m = s.view("v1", Some("top"), BTreeMap::new()).unwrap();
+        let fsmeta = top_dir.join("fsmeta.erofs");
+        assert_eq!(m[0].source, fsmeta);
+        let merged = fs::read(&fsmeta).unwrap();
+        s.wait_synced();
+        drop(s);
+
+        crash(&base_dir, &base_record);
+        let s = open_vm();
+        let e = s.view("v2", Some("top"), BTreeMap::new()).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+        let (id, _, _) = s.lost_layers().into_iter().next().unwrap();
+        s.begin_rebuild(id).unwrap();
+        let input = Box::new(std::io::Cursor::new(base_gz));
+        differ::apply(&base_dir, &base_blob, input, &ApplyOptions::default()).unwrap();
+        s.rebuilt(id).unwrap();
+        assert!(!fsmeta.exists(), "fsmeta over the torn layer survived");
+        let m = s.view("v2", Some("top"), BTreeMap::new()).unwrap();
+        assert_eq!(m[0].source, fsmeta);
+        assert_eq!(fs::read(&fsmeta).unwrap(), merged);
+    }
 }
