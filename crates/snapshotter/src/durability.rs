@@ -5,11 +5,14 @@
 //! machine loses power. So in the default `deferred` mode the differ
 //! renames the image into place without an fsync, after tagging the
 //! snapshot directory with a [`Record`] of the blob (the [`PENDING`]
-//! xattr); Commit queues it, and a background thread fsyncs the image
-//! and then drops the tag. Not before Commit: on ext4 (data=ordered) the
-//! store's own fsync would then wait for whatever of the image is being
-//! written, while data the kernel has not allocated yet is not waited
-//! for, so the differ does not start writeback early in this mode. The record names the boot it was written in, which tells the next
+//! xattr). Commit queues the image, and a background thread fsyncs it
+//! and then drops the tag, once snapshot activity pauses ([`Pacing`]).
+//! Not earlier, and with no early writeback while the image is written:
+//! on ext4 (data=ordered) every fsync on the filesystem, our store's and
+//! containerd's included, waits for image data that is allocated and
+//! being written, but not for data the kernel has not allocated yet.
+//!
+//! The record names the boot it was written in, which tells the next
 //! start what happened:
 //!
 //! * same boot (the daemon restarted): the page cache still holds the
