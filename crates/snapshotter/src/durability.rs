@@ -154,16 +154,27 @@ pub fn clear_pending(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Write the [`LOST`] file for `dir`, durably: nothing may mount the
-/// image until a rebuild removes it.
-pub fn write_lost(dir: &Path, text: &str) -> io::Result<()> {
+/// Write a small file through a temporary file in `dir` and a rename,
+/// fsynced first, so that the name never shows an empty file after a
+/// crash.
+pub(crate) fn write_file_durably(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let mut tmp = tempfile::Builder::new()
         .prefix(crate::layout::TEMP_PREFIX)
         .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
+    tmp.write_all(bytes)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(LOST)).map_err(|e| e.error)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Write the [`LOST`] file for `dir`, durably (the directory too):
+/// nothing may mount the image until a rebuild removes it.
+pub fn write_lost(dir: &Path, text: &str) -> io::Result<()> {
+    write_file_durably(dir, &dir.join(LOST), text.as_bytes())?;
     fs::File::open(dir)?.sync_all()
 }
 

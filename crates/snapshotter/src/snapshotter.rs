@@ -446,8 +446,13 @@ impl Snapshotter {
         let manifest = erofs::vmdk::layers_manifest(&blobs).map_err(|e| merge_err(Box::new(e)))?;
         // Descriptor and manifest first: fsmeta's presence says all three
         // are complete.
-        write_durably(&dir, &self.layout.vmdk(top), vmdk.as_bytes())?;
-        write_durably(&dir, &self.layout.manifest(top), manifest.as_bytes())?;
+        for (path, text) in [
+            (self.layout.vmdk(top), vmdk),
+            (self.layout.manifest(top), manifest),
+        ] {
+            durability::write_file_durably(&dir, &path, text.as_bytes())
+                .map_err(io_err("writing", &path))?;
+        }
         file.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(io_err("chmod", tmp.path()))?;
         file.sync_all().map_err(io_err("fsync", tmp.path()))?;
@@ -1190,25 +1195,6 @@ fn not_in_use(image: &Path) -> Result<()> {
 fn id_below(base: &Path, path: &Path) -> Option<u64> {
     let first = path.strip_prefix(base).ok()?.components().next()?;
     Layout::parse_id(first.as_os_str())
-}
-
-/// Write a small file through a temporary file and rename (fsynced, so
-/// the rename never exposes an empty file after a crash).
-fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))?;
-    io::Write::write_all(&mut tmp, bytes).map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(io_err("chmod", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("fsync", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("renaming into", path)(e.error))?;
-    Ok(())
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<()> {

@@ -88,15 +88,19 @@ mod torn_layers {
         .unwrap()
     }
 
-    fn blob() -> (Blob, Vec<u8>) {
+    /// A layer tar holding one regular file.
+    fn one_file_tar(path: &str, data: &[u8]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
-        let data = vec![42u8; 100_000];
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "data/file", &data[..]).unwrap();
-        let tar = b.into_inner().unwrap();
+        b.append_data(&mut h, path, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn blob() -> (Blob, Vec<u8>) {
+        let tar = one_file_tar("data/file", &[42u8; 100_000]);
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(&tar).unwrap();
         let gz = e.finish().unwrap();
@@ -279,13 +283,7 @@ mod torn_layers {
         let s = open_vm();
         let (base_dir, base_record) = unpack(&s, "base", &base_blob, &base_gz);
         // A second layer above it.
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(3);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "top/file", &b"top"[..]).unwrap();
-        let top_tar = b.into_inner().unwrap();
+        let top_tar = one_file_tar("top/file", b"top");
         let top_blob = Blob {
             namespace: "ns1".into(),
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
