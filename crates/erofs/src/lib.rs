@@ -8,6 +8,7 @@
 pub mod format;
 pub mod fsck;
 pub mod merge;
+pub mod pagebuf;
 pub mod reader;
 pub mod tree;
 pub mod vmdk;

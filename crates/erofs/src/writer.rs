@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 
 use crate::format::{self, DeviceSlot, Dirent, InodeRecord, Superblock};
+use crate::pagebuf::PageBuf;
 use crate::tree::{ChunkAddr, Content, FileData, NodeId, OVERLAY_ORIGIN, ROOT, Tree};
 
 /// An extra device (tar or layer blob) referenced by chunk-based inodes.
@@ -126,7 +127,9 @@ pub struct ImageWriter<F: Output> {
     pos: u64,
     /// Bytes of file content accepted, for the summary.
     file_bytes: u64,
-    buf: Vec<u8>,
+    /// Copy buffer for [`ImageWriter::add_file_data`], page-aligned so
+    /// the kernel fills it fast (see [`crate::pagebuf`]).
+    buf: PageBuf,
 }
 
 fn blocks_for(len: u64, bs: u64) -> u64 {
@@ -156,7 +159,7 @@ impl<F: Output> ImageWriter<F> {
             next_blk: blocks_for(header_end, bs),
             pos: 0,
             file_bytes: 0,
-            buf: Vec::new(),
+            buf: PageBuf::default(),
             opts,
         })
     }
@@ -251,7 +254,7 @@ impl<F: Output> ImageWriter<F> {
         }
         let (tail_len, body, start_blk, nblocks) = self.reserve(size)?;
         if self.buf.len() < COPY_CHUNK {
-            self.buf = vec![0; COPY_CHUNK];
+            self.buf = PageBuf::new(COPY_CHUNK);
         }
         let mut buf = std::mem::take(&mut self.buf);
         let mut done = 0u64;

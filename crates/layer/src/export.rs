@@ -32,6 +32,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use erofs::pagebuf::PageBuf;
 use rustix::fs::FileType;
 
 use crate::compression::Compression;
@@ -171,7 +172,7 @@ pub fn export<W: Write>(
         epoch: source_date_epoch,
         links: HashMap::new(),
         stats: ExportStats::default(),
-        buf: vec![0; COPY_BUFFER],
+        buf: PageBuf::new(COPY_BUFFER),
         header: Vec::with_capacity(3 * BLOCK),
     };
     exporter.walk()?;
@@ -290,7 +291,9 @@ struct Exporter<'a, W: Write> {
     /// Archive name of the first path of each multiply-linked inode.
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: ExportStats,
-    buf: Vec<u8>,
+    /// File contents pass through here; page-aligned because the kernel
+    /// fills it (see [`erofs::pagebuf`]).
+    buf: PageBuf,
     header: Vec<u8>,
 }
 

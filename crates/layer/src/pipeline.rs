@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use erofs::pagebuf::PageBuf;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
@@ -30,8 +31,10 @@ pub struct Chunk {
 }
 
 struct ChunkBuf {
-    bytes: Vec<u8>,
-    home: Option<SyncSender<Vec<u8>>>,
+    /// Page-aligned where the chunk was read into, so the kernel's copy
+    /// into it runs at full speed (see [`erofs::pagebuf`]).
+    bytes: PageBuf,
+    home: Option<SyncSender<PageBuf>>,
 }
 
 impl Drop for ChunkBuf {
@@ -44,9 +47,9 @@ impl Drop for ChunkBuf {
 }
 
 impl Chunk {
-    /// A chunk owning `bytes`, returned to `home` when dropped.
-    fn with_home(bytes: Vec<u8>, home: Option<SyncSender<Vec<u8>>>) -> Chunk {
-        let end = bytes.len();
+    /// A chunk of the first `end` bytes of `bytes`, which go back to
+    /// `home` when it is dropped.
+    fn with_home(bytes: PageBuf, end: usize, home: Option<SyncSender<PageBuf>>) -> Chunk {
         Chunk {
             buf: Arc::new(ChunkBuf { bytes, home }),
             start: 0,
@@ -70,7 +73,8 @@ impl std::fmt::Debug for Chunk {
 
 impl From<Vec<u8>> for Chunk {
     fn from(bytes: Vec<u8>) -> Chunk {
-        Chunk::with_home(bytes, None)
+        let end = bytes.len();
+        Chunk::with_home(bytes.into(), end, None)
     }
 }
 
@@ -97,8 +101,8 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Box<S> {
 /// Chunks of any reader: one copy, into buffers that are then shared.
 pub struct ReadChunks<R> {
     inner: R,
-    home: SyncSender<Vec<u8>>,
-    returned: Receiver<Vec<u8>>,
+    home: SyncSender<PageBuf>,
+    returned: Receiver<PageBuf>,
     /// An error that came after bytes worth handing out first.
     pending: Option<io::Error>,
     /// Size of the next read: small at first, so a small input costs
@@ -124,10 +128,12 @@ impl<R: Read> ChunkSource for ReadChunks<R> {
         if let Some(e) = self.pending.take() {
             return Err(e);
         }
-        let mut buf = self.returned.try_recv().unwrap_or_default();
-        buf.resize(self.size, 0);
-        let (filled, result) = fill(&mut self.inner, &mut buf);
-        if filled == buf.len() {
+        let mut buf = match self.returned.try_recv() {
+            Ok(b) if b.len() >= self.size => b,
+            _ => PageBuf::new(self.size),
+        };
+        let (filled, result) = fill(&mut self.inner, &mut buf[..self.size]);
+        if filled == self.size {
             self.size = (self.size * 2).min(CHUNK);
         }
         if filled == 0 {
@@ -136,8 +142,7 @@ impl<R: Read> ChunkSource for ReadChunks<R> {
         // Bytes read before an error are handed out; the error comes
         // with the next call, as a reader would report it.
         self.pending = result.err();
-        buf.truncate(filled);
-        Ok(Some(Chunk::with_home(buf, Some(self.home.clone()))))
+        Ok(Some(Chunk::with_home(buf, filled, Some(self.home.clone()))))
     }
 }
 
@@ -286,7 +291,7 @@ pub fn spawn(
     // Room for every buffer that can be out at once (in the channel, with
     // the consumer and with a hasher behind it), so none is freed and
     // allocated again.
-    let (home, returned) = sync_channel::<Vec<u8>>(3 * DEPTH + 2);
+    let (home, returned) = sync_channel::<PageBuf>(3 * DEPTH + 2);
     let handle = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -298,8 +303,7 @@ pub fn spawn(
                 stats
             };
             loop {
-                let mut buf = returned.try_recv().unwrap_or_default();
-                buf.resize(CHUNK, 0);
+                let mut buf = returned.try_recv().unwrap_or_else(|_| PageBuf::new(CHUNK));
                 let start = Instant::now();
                 let (filled, result) = fill(&mut src, &mut buf);
                 if let Some(h) = &mut hasher {
@@ -307,11 +311,10 @@ pub fn spawn(
                 }
                 stats.busy += start.elapsed();
                 stats.bytes += filled as u64;
-                buf.truncate(filled);
                 let end = filled == 0;
                 if filled > 0
                     && tx
-                        .send(Ok(Chunk::with_home(buf, Some(home.clone()))))
+                        .send(Ok(Chunk::with_home(buf, filled, Some(home.clone()))))
                         .is_err()
                 {
                     return finish(stats, hasher);
@@ -389,6 +392,26 @@ mod tests {
         assert_eq!(&c.next_chunk().unwrap().unwrap()[..], b"abc");
         let err = c.next_chunk().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// The kernel copies into page-aligned memory 3x faster here (see
+    /// `erofs::pagebuf`): every chunk a read fills must start on a page.
+    #[test]
+    fn chunks_start_on_a_page() {
+        let data = vec![5u8; 3 * CHUNK + 100];
+        let aligned = |c: &Chunk| c.as_ptr().addr() % erofs::pagebuf::ALIGN == 0;
+        let mut chunks = ReadChunks::new(io::Cursor::new(data.clone()));
+        let mut n = 0;
+        while let Some(c) = chunks.next_chunk().unwrap() {
+            assert!(aligned(&c));
+            n += c.len();
+        }
+        assert_eq!(n, data.len());
+        let (mut r, h) = spawn("test", Box::new(io::Cursor::new(data)), false).unwrap();
+        while let Some(c) = r.next_chunk().unwrap() {
+            assert!(aligned(&c));
+        }
+        h.join().unwrap();
     }
 
     #[test]
