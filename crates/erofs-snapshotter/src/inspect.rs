@@ -70,7 +70,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             bail!("{}: not a regular file", path.display());
         }
         let mut out = std::io::stdout().lock();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = erofs::pagebuf::PageBuf::new(1 << 20);
         let mut pos = 0;
         while pos < inode.size() {
             let n = img.read_data(&inode, pos, &mut buf)?;

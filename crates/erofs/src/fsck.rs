@@ -715,7 +715,9 @@ impl<R: ReadAt> Checker<'_, R> {
                 .saturating_add(64 << 20)
         });
         let mut done: HashSet<(u16, u64, u64)> = HashSet::new();
-        let mut buf = Vec::new();
+        // Page-aligned: the kernel copies the image into it (see
+        // `crate::pagebuf`).
+        let mut buf = crate::pagebuf::PageBuf::new(PIECE as usize);
         let nids: Vec<u64> = self
             .nodes
             .iter()
@@ -752,8 +754,7 @@ impl<R: ReadAt> Checker<'_, R> {
                 let mut pos = 0;
                 while pos < len {
                     let n = (len - pos).min(PIECE);
-                    buf.resize(n as usize, 0);
-                    image.read_device(nid, device, offset + pos, &mut buf)?;
+                    image.read_device(nid, device, offset + pos, &mut buf[..n as usize])?;
                     pos += n;
                 }
             }

@@ -1,6 +1,8 @@
-//! Two-stage pipeline: one thread reads and inflates the compressed layer,
-//! the calling thread hashes, parses and writes. On two cores this keeps
-//! inflate, the slowest stage, running without pause.
+//! The stages of a conversion and what they hand each other: one thread
+//! reads (and inflates) the layer into page-aligned chunks, which the
+//! parsing-and-writing thread and the diffID hasher then share without
+//! copying. On two cores this keeps inflate, the slowest stage, running
+//! without pause.
 
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
