@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn chunks_start_on_a_page() {
         let data = vec![5u8; 3 * CHUNK + 100];
-        let aligned = |c: &Chunk| c.as_ptr().addr() % erofs::pagebuf::ALIGN == 0;
+        let aligned = |c: &Chunk| c.as_ptr().addr().is_multiple_of(erofs::pagebuf::ALIGN);
         let mut chunks = ReadChunks::new(io::Cursor::new(data.clone()));
         let mut n = 0;
         while let Some(c) = chunks.next_chunk().unwrap() {
