@@ -20,9 +20,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use layer::Compression;
-use layer::convert::{ConvertError, ConvertOptions, stream_tar};
+use layer::convert::{ConvertError, ConvertOptions, stream_chunks};
 use layer::digest::Digest;
-use layer::pipeline;
+use layer::pipeline::{self, ChunkSource, ReadChunks};
 
 use crate::durability;
 use crate::layout::{BLOB, TEMP_PREFIX};
@@ -270,13 +270,20 @@ pub fn apply(
                 });
             }
             let converted = if found == Compression::None {
-                convert(dir, decoded, out, opts, false, &blob.digest)
-                    .map(|streamed| (streamed, fetch_wait.clone(), None))
+                convert(
+                    dir,
+                    ReadChunks::new(decoded),
+                    out,
+                    opts,
+                    false,
+                    &blob.digest,
+                )
+                .map(|streamed| (streamed, fetch_wait.clone(), None))
             } else {
                 let (pipe, inflate) = pipeline::spawn("inflate", decoded, false)
                     .map_err(io_err("starting the inflate thread for", dir))?;
                 let inflate_wait = pipe.wait_clock();
-                let r = convert(dir, Box::new(pipe), out, opts, true, &blob.digest);
+                let r = convert(dir, pipe, out, opts, true, &blob.digest);
                 let inflated = inflate.join().map_err(|_| ApplyError::Thread("inflate"))?;
                 r.map(|streamed| (streamed, inflate_wait, Some(inflated)))
             };
@@ -391,10 +398,11 @@ pub fn apply(
     })
 }
 
-/// Stream the tar into `out`.
-fn convert(
+/// Stream the tar into `out`. `input` lends its chunks: file data goes
+/// from the inflate thread's buffers to the image without another copy.
+fn convert<S: ChunkSource>(
     dir: &Path,
-    input: Box<dyn Read + Send>,
+    input: S,
     out: File,
     opts: &ApplyOptions,
     hash: bool,
@@ -405,7 +413,7 @@ fn convert(
         compute_diff_id: hash,
         ..Default::default()
     };
-    stream_tar(input, out, dir, &copts).map_err(|source| ApplyError::Convert {
+    stream_chunks(input, out, dir, &copts).map_err(|source| ApplyError::Convert {
         digest: digest.to_string(),
         source,
     })
