@@ -25,8 +25,9 @@ pub struct PageBuf {
 }
 
 impl PageBuf {
-    /// A zeroed, page-aligned buffer of `len` bytes. The memory comes
-    /// from `calloc`, so pages never touched are never faulted in.
+    /// A zeroed, page-aligned buffer of `len` bytes. Zeroed memory is
+    /// asked of the allocator, which maps fresh pages for large sizes
+    /// instead of writing zeros into them.
     pub fn new(len: usize) -> PageBuf {
         let bytes = vec![0u8; len + ALIGN - 1];
         let start = bytes.as_ptr().addr().wrapping_neg() % ALIGN;

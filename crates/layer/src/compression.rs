@@ -15,9 +15,9 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, Read};
+use std::path::Path;
 
 use erofs::pagebuf::PageBuf;
-use std::path::Path;
 
 /// Read buffer size for blob input. Large reads keep the per-call overhead of
 /// the decoders and of pipes/files negligible.
