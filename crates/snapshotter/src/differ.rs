@@ -398,8 +398,9 @@ pub fn apply(
     })
 }
 
-/// Stream the tar into `out`. `input` lends its chunks: file data goes
-/// from the inflate thread's buffers to the image without another copy.
+/// Stream the tar into `out`. `input` lends its chunks (for a compressed
+/// layer, the inflate thread's): file data goes from them to the image
+/// without another copy.
 fn convert<S: ChunkSource>(
     dir: &Path,
     input: S,
