@@ -8,8 +8,10 @@
 # wheel) is built once and cached in .cache/bench/ by scripts/bench-layer.sh.
 # Inputs are read from the page cache (warm); each output is deleted before
 # its run so no run pays for unlinking the previous image. Commands alternate A B A B so
-# drift hits both sides alike. Prints min/median wall time and peak RSS per
-# command and median ratios; paste the output into docs/benchmarks.md.
+# drift hits both sides alike. Prints per command the min/median wall
+# time, the median CPU seconds (user + system: how much of the two cores
+# it keeps busy) and peak RSS, then median ratios; paste the output into
+# docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-5}
@@ -30,13 +32,13 @@ echo "layer: $(du -b "$CACHE/layer.tar" | cut -f1) bytes tar," \
     "$(tar -tf "$CACHE/layer.tar" | wc -l) entries"
 echo "machine: $(nproc) cores, $(uname -r), $(mkfs.erofs --version 2>&1 | head -n1)"
 
-# time_cmd NAME CMD... : one run, appends "wall rss" to $OUT/NAME.times
+# time_cmd NAME CMD... : one run, appends "wall rss user sys" to $OUT/NAME.times
 time_cmd() {
     local name=$1
     shift
     rm -f "$OUT"/*.erofs
     sync
-    /usr/bin/time -f "%e %M" -o "$OUT/$name.one" "$@" >/dev/null 2>"$OUT/$name.err" || {
+    /usr/bin/time -f "%e %M %U %S" -o "$OUT/$name.one" "$@" >/dev/null 2>"$OUT/$name.err" || {
         cat "$OUT/$name.err" >&2
         exit 1
     }
@@ -66,14 +68,15 @@ def load(n):
     rows = [l.split() for l in (out / f"{n}.times").read_text().splitlines() if l.strip()]
     wall = [float(r[0]) for r in rows]
     rss = [int(r[1]) for r in rows]
-    return wall, rss
+    cpu = [float(r[2]) + float(r[3]) for r in rows]
+    return wall, rss, cpu
 names = ["mkfs-gz", "ours-gz", "mkfs-tar", "ours-tar", "zcat", "ours-inflate"]
 data = {n: load(n) for n in names}
-print(f"\n| command | runs | wall min (s) | wall median (s) | peak RSS median (MiB) |")
-print("|---|---|---|---|---|")
+print(f"\n| command | runs | wall min (s) | wall median (s) | CPU median (s) | peak RSS median (MiB) |")
+print("|---|---|---|---|---|---|")
 for n in names:
-    w, r = data[n]
-    print(f"| {n} | {len(w)} | {min(w):.2f} | {statistics.median(w):.2f} | {statistics.median(r)/1024:.1f} |")
+    w, r, c = data[n]
+    print(f"| {n} | {len(w)} | {min(w):.2f} | {statistics.median(w):.2f} | {statistics.median(c):.2f} | {statistics.median(r)/1024:.1f} |")
 def ratio(a, b):
     return statistics.median(data[a][0]) / statistics.median(data[b][0])
 print()
