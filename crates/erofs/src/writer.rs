@@ -1047,30 +1047,29 @@ mod tests {
             };
             assert_eq!(image(true), image(false));
         }
-        let mut w =
-            ImageWriter::new(io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
-        let err = w.add_file_data_buf(10, &mut &b"abc"[..]).unwrap_err();
-        assert!(matches!(
-            err,
-            WriteError::ShortData {
-                expected: 10,
-                got: 3
-            }
-        ));
     }
 
     #[test]
     fn short_input_is_an_error() {
-        let mut w =
-            ImageWriter::new(io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
-        let err = w.add_file_data(10, &mut &b"abc"[..]).unwrap_err();
-        assert!(matches!(
-            err,
-            WriteError::ShortData {
-                expected: 10,
-                got: 3
-            }
-        ));
+        for buf in [false, true] {
+            let mut w =
+                ImageWriter::new(io::Cursor::new(Vec::new()), WriterOptions::default()).unwrap();
+            let err = if buf {
+                w.add_file_data_buf(10, &mut &b"abc"[..]).unwrap_err()
+            } else {
+                w.add_file_data(10, &mut &b"abc"[..]).unwrap_err()
+            };
+            assert!(
+                matches!(
+                    err,
+                    WriteError::ShortData {
+                        expected: 10,
+                        got: 3
+                    }
+                ),
+                "buf={buf}"
+            );
+        }
     }
 
     #[test]
