@@ -167,13 +167,12 @@ pub fn run(args: Args) -> Result<()> {
         };
         let (compression, decoded) =
             compression::open_reader(counted).context("reading the layer's first bytes")?;
-        // The converter hashes on a thread of its own, next to the one
-        // reading (and inflating) and the one parsing and writing: three
-        // stages that two cores share as each needs.
-        let (pipe, producer) = layer::pipeline::spawn("inflate", decoded, false)?;
+        // Two threads, one reading (and inflating), one parsing and
+        // writing; the diffID is hashed by whichever of them is waiting.
+        let (pipe, producer) = layer::pipeline::spawn("inflate", decoded, true)?;
         let opts = ConvertOptions {
             inline_data: args.inline,
-            compute_diff_id: true,
+            compute_diff_id: false,
             tar_index: args.tar_index,
             limits: layer::tar::Limits {
                 max_entries: args.max_entries,
@@ -181,6 +180,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             ..Default::default()
         };
+        let waited = pipe.wait_clock();
         let streamed = stream_chunks(pipe, tmp.reopen()?, &out_dir, &opts);
         let inflate = producer
             .join()
@@ -189,7 +189,13 @@ pub fn run(args: Args) -> Result<()> {
         let (_, report) = streamed
             .and_then(|s| s.finish(uuid, inflate.digest))
             .with_context(|| format!("converting {}", args.input.display()))?;
-        print_report(compression.name(), &report, inflate.busy);
+        let timings = Timings {
+            inflate: inflate.busy,
+            hash: inflate.hashing,
+            convert: report.convert.saturating_sub(waited.get()),
+            metadata: report.finish,
+        };
+        print_report(compression.name(), &report, &timings);
     }
     tmp.persist(&args.output)
         .with_context(|| format!("renaming into {}", args.output.display()))?;
@@ -207,7 +213,17 @@ fn print_summary(s: &erofs::writer::Summary) {
     println!("image bytes: {}", s.image_bytes);
 }
 
-fn print_report(compression: &str, r: &ConvertReport, inflate: Duration) {
+/// Each stage's own time: reading and inflating, the diffID (on either
+/// thread), parsing and writing file data (not counting waits for the
+/// inflate thread), metadata.
+struct Timings {
+    inflate: Duration,
+    hash: Duration,
+    convert: Duration,
+    metadata: Duration,
+}
+
+fn print_report(compression: &str, r: &ConvertReport, t: &Timings) {
     if let Some(d) = &r.diff_id {
         println!("diffid: {d}");
     }
@@ -225,9 +241,10 @@ fn print_report(compression: &str, r: &ConvertReport, inflate: Duration) {
     }
     print_summary(&r.summary);
     println!(
-        "timings: inflate {} convert {} metadata {}",
-        secs(inflate),
-        secs(r.convert),
-        secs(r.finish)
+        "timings: inflate {} hash {} convert {} metadata {}",
+        secs(t.inflate),
+        secs(t.hash),
+        secs(t.convert),
+        secs(t.metadata)
     );
 }

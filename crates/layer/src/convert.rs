@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
-use std::sync::mpsc::{SyncSender, sync_channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use erofs::tree::{ChunkAddr, Content, FileData, Meta, Node, Tree, TreeError};
@@ -36,9 +34,10 @@ pub struct ConvertOptions {
     /// tar appended after the index (`mkfs.erofs --tar=i`).
     pub tar_index: bool,
     pub limits: Limits,
-    /// Compute the diffID here. Off when the producer of the stream
-    /// already hashes it (see [`crate::pipeline::spawn`]); the report then
-    /// has no diffID.
+    /// Compute the diffID here, on the parsing thread. Off when the
+    /// producer of the stream hashes it (see [`crate::pipeline::spawn`],
+    /// which shares the work between two threads); the report then has no
+    /// diffID.
     pub compute_diff_id: bool,
     /// Upper bound on the bytes of holes in GNU sparse files of one layer:
     /// holes expand to zeros on the way into the image, so a tiny layer
@@ -120,7 +119,8 @@ pub struct ConvertReport {
     /// Xattrs in namespaces EROFS cannot store.
     pub dropped_xattrs: u64,
     pub summary: Summary,
-    /// Parsing, hashing and writing file data (the consumer thread).
+    /// Wall time of reading the stream: parsing and writing file data,
+    /// hashing when asked to, and waiting for the stream's producer.
     pub convert: Duration,
     /// Laying out and writing metadata.
     pub finish: Duration,
@@ -282,62 +282,6 @@ fn index_chunks(e: &Entry) -> Result<FileData, String> {
     })
 }
 
-/// Streams up to this size are hashed inline: a thread of its own only
-/// pays off once there is enough to hash.
-const HASH_INLINE: u64 = 4 << 20;
-/// Chunks queued for the hashing thread.
-const HASH_DEPTH: usize = 4;
-
-/// The diffID hash: inline at first, then on a thread of its own, where it
-/// runs alongside parsing and writing instead of adding to them.
-enum Hashing {
-    Inline(Sha256),
-    Thread {
-        tx: SyncSender<Chunk>,
-        handle: JoinHandle<Digest>,
-    },
-}
-
-impl Hashing {
-    fn update(&mut self, chunk: &Chunk, total: u64) -> io::Result<()> {
-        if let Hashing::Inline(h) = self {
-            if total <= HASH_INLINE {
-                h.update(&chunk[..]);
-                return Ok(());
-            }
-            let mut h = std::mem::take(h);
-            let (tx, rx) = sync_channel::<Chunk>(HASH_DEPTH);
-            let handle = std::thread::Builder::new()
-                .name("diffid".into())
-                .spawn(move || {
-                    for c in rx {
-                        h.update(&c[..]);
-                    }
-                    Digest::from_bytes(h.finalize().into())
-                })?;
-            *self = Hashing::Thread { tx, handle };
-        }
-        match self {
-            Hashing::Thread { tx, .. } => tx
-                .send(chunk.clone())
-                .map_err(|_| io::Error::other("the diffID thread is gone")),
-            Hashing::Inline(_) => Ok(()),
-        }
-    }
-
-    fn finish(self) -> io::Result<Digest> {
-        match self {
-            Hashing::Inline(h) => Ok(Digest::from_bytes(h.finalize().into())),
-            Hashing::Thread { tx, handle } => {
-                drop(tx);
-                handle
-                    .join()
-                    .map_err(|_| io::Error::other("the diffID thread panicked"))
-            }
-        }
-    }
-}
-
 /// The consumer's view of the stream: chunks lent to the tar parser and
 /// the writer, each also hashed whole (the diffID) and copied into a spool
 /// file (the tar kept for tar-index mode) when asked, always counted.
@@ -346,7 +290,7 @@ struct Stream<S> {
     cur: Option<Chunk>,
     pos: usize,
     done: bool,
-    hashing: Option<Hashing>,
+    hashing: Option<Sha256>,
     spool: Option<File>,
     bytes: u64,
 }
@@ -361,7 +305,7 @@ impl<S: ChunkSource> BufRead for Stream<S> {
                 Some(c) => {
                     self.bytes += c.len() as u64;
                     if let Some(h) = &mut self.hashing {
-                        h.update(&c, self.bytes)?;
+                        h.update(&c[..]);
                     }
                     if let Some(s) = &mut self.spool {
                         s.write_all(&c)?;
@@ -507,7 +451,7 @@ pub fn stream_chunks<S: ChunkSource>(
         cur: None,
         pos: 0,
         done: false,
-        hashing: opts.compute_diff_id.then(|| Hashing::Inline(Sha256::new())),
+        hashing: opts.compute_diff_id.then(Sha256::new),
         spool,
         bytes: 0,
     };
@@ -529,7 +473,9 @@ pub fn stream_chunks<S: ChunkSource>(
         tree, mut report, ..
     } = applier;
     let stream = tar.finish()?;
-    report.diff_id = stream.hashing.map(Hashing::finish).transpose()?;
+    report.diff_id = stream
+        .hashing
+        .map(|h| Digest::from_bytes(h.finalize().into()));
     report.tar_bytes = stream.bytes;
     let mut device_blocks = 0;
     if opts.tar_index {
@@ -552,11 +498,10 @@ pub fn stream_chunks<S: ChunkSource>(
 mod tests {
     use super::*;
 
-    /// Past `HASH_INLINE` the diffID is hashed on its own thread; the
-    /// digest must not depend on where.
+    /// The diffID covers the whole stream, end-of-archive blocks included.
     #[test]
-    fn diff_id_is_the_same_inline_and_threaded() {
-        for size in [1000usize, (HASH_INLINE as usize) * 3 + 12345] {
+    fn diff_id_is_the_digest_of_the_whole_stream() {
+        for size in [1000usize, (3 << 20) + 12345] {
             let mut b = ::tar::Builder::new(Vec::new());
             let data: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
             let mut h = ::tar::Header::new_ustar();

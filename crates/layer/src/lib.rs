@@ -1,20 +1,23 @@
-//! Reading OCI image layers: everything between the blob bytes and a stream of
-//! validated tar entries.
+//! Reading OCI image layers: everything between the blob bytes and an
+//! EROFS image of the layer's tar.
 //!
-//! The pipeline a differ builds from these pieces is
+//! The path a layer takes, on two threads:
 //!
 //! ```text
-//! blob ─► DigestReader (compressed digest) ─► compression::decompress
-//!      ─► DigestReader (diffID) ─► tar::TarReader ─► path::normalize / whiteout::classify
+//! blob ─► compression (gzip/zstd/plain by magic bytes) ─► pipeline::spawn (chunks, sha256)
+//!      ─► convert::stream_chunks: tar::TarReader ─► path::normalize / whiteout::classify
+//!                                                ─► erofs::writer (file data, then metadata)
 //! ```
 //!
 //! * [`compression`] sniffs gzip/zstd/plain by magic bytes and decompresses;
 //!   decoder checksum failures (gzip CRC32/ISIZE, zstd content checksum) are
 //!   errors, never silently accepted.
-//! * [`digest`] hashes every byte that passes through a reader. The diffID is
-//!   the SHA-256 of the *whole* uncompressed stream, including the
-//!   end-of-archive blocks and any padding after them, so the caller must drain
-//!   the tar stream through the hasher ([`tar::TarReader::finish`] does that).
+//! * [`pipeline`] runs the reading (and inflating) on a thread of its own
+//!   and hands the parser page-aligned chunks; the stream's sha256 (the
+//!   diffID) is computed by whichever of the two threads is waiting.
+//!   The diffID is the SHA-256 of the *whole* uncompressed stream,
+//!   including the end-of-archive blocks and any padding after them, so
+//!   the stream is always read to its end ([`tar::TarReader::finish`]).
 //! * [`tar`] is our own pull-based tar reader. Its acceptance behaviour is that
 //!   of Go's `archive/tar` (what containerd unpacks with): an archive never
 //!   yields a different entry list here than in containerd, which is the
@@ -27,13 +30,18 @@
 //!   `..`, so nothing downstream ever sees an escaping name.
 //! * [`whiteout`] classifies OCI/AUFS whiteout names (`.wh.NAME`,
 //!   `.wh..wh..opq`).
+//! * [`convert`] applies the entries to a tree with `tar -x` semantics and
+//!   streams file data into the image; [`dir`] does the same for a
+//!   directory (an overlay upper at Commit).
+//! * [`digest`] hashes what passes through a reader or writer.
 //!
 //! The other direction, for the differ's `Compare`: [`export`] turns an
 //! overlay upper directory into an OCI layer tar (optionally compressed),
 //! computing the diffID and blob digest as it streams.
 //!
-//! The crate does no filesystem writes and has no dependency on the EROFS
-//! writer; it is the untrusted-input boundary.
+//! It writes only where it is told (the image, the exported tar, and in
+//! tar-index mode an unnamed spool file in a given directory); it is the
+//! untrusted-input boundary.
 
 pub mod compression;
 pub mod convert;
@@ -41,6 +49,7 @@ pub mod digest;
 pub mod dir;
 pub mod export;
 pub mod path;
+mod pipe;
 pub mod pipeline;
 pub mod tar;
 pub mod whiteout;

@@ -1,8 +1,9 @@
 //! The stages of a conversion and what they hand each other: one thread
 //! reads (and inflates) the layer into page-aligned chunks, which the
-//! parsing-and-writing thread and the diffID hasher then share without
-//! copying. On two cores this keeps inflate, the slowest stage, running
-//! without pause.
+//! parsing-and-writing thread then takes without copying. The stream's
+//! sha256 is hashed by whichever of the two would otherwise wait (see
+//! [`crate::pipe`]). On two cores this keeps inflate, the slowest stage,
+//! running without pause.
 
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use erofs::pagebuf::PageBuf;
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
+use crate::pipe::{HASH_BACKLOG, Pipe};
 
 /// Size of the buffers handed between the stages.
 const CHUNK: usize = 1 << 20;
@@ -169,28 +170,29 @@ fn fill(src: &mut dyn Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
 /// What the producer thread measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProducerStats {
-    /// Time spent inside the decoder's `read` (inflate plus input I/O),
-    /// hashing included when the producer hashes.
+    /// Time spent inside the source's `read` (inflate plus input I/O).
     pub busy: Duration,
-    /// Uncompressed bytes produced.
+    /// Bytes produced.
     pub bytes: u64,
     /// sha256 of everything produced, when asked for.
     pub digest: Option<Digest>,
+    /// Time that sha256 took, on both threads together.
+    pub hashing: Duration,
 }
 
 /// The consuming end: the producer's chunks, as a [`ChunkSource`] or
 /// (copying) as a `Read`.
 pub struct PipeReader {
-    rx: Receiver<io::Result<Chunk>>,
+    pipe: Arc<Pipe>,
     cur: Option<Chunk>,
     pos: usize,
     done: bool,
     waited: WaitClock,
 }
 
-/// Time the consumer spent blocked on an empty pipe: subtracted from a
-/// stage's wall time it gives the time the stage itself took, which is
-/// what per-stage timings report.
+/// Time the consumer spent on an empty pipe, waiting or hashing for the
+/// producer: subtracted from a stage's wall time it gives the time the
+/// stage itself took, which is what per-stage timings report.
 #[derive(Debug, Clone, Default)]
 pub struct WaitClock(Arc<AtomicU64>);
 
@@ -217,19 +219,35 @@ impl PipeReader {
             return Ok(None);
         }
         let start = Instant::now();
-        let received = self.rx.recv();
+        let received = self.pipe.recv();
         self.waited.add(start.elapsed());
         match received {
-            Ok(Ok(chunk)) => Ok(Some(chunk)),
-            Ok(Err(e)) => {
+            Some(Ok(chunk)) => Ok(Some(chunk)),
+            Some(Err(e)) => {
                 self.done = true;
                 Err(e)
             }
-            Err(_) => {
+            None => {
                 self.done = true;
                 Ok(None)
             }
         }
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        self.pipe.abandon();
+    }
+}
+
+/// Closes the pipe when the producer thread ends, however it ends: a
+/// reader must never wait for a producer that panicked.
+struct Closing(Arc<Pipe>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -278,10 +296,8 @@ impl Read for PipeReader {
 
 /// Start reading `src` on its own thread. The thread ends at end of input,
 /// on the first error (passed to the reader), or when the reader is
-/// dropped. With `hash`, the producer also computes the sha256 of what it
-/// produces: worth it when it has time to spare (uncompressed input),
-/// while with compressed input inflate alone keeps it busy and the
-/// consumer should hash.
+/// dropped. With `hash`, the sha256 of what it produces comes with its
+/// stats, hashed between their own work by this thread and the reader's.
 ///
 /// `name` names the thread (what profilers and `top -H` show).
 pub fn spawn(
@@ -289,50 +305,45 @@ pub fn spawn(
     src: Box<dyn Read + Send>,
     hash: bool,
 ) -> io::Result<(PipeReader, JoinHandle<ProducerStats>)> {
-    let (tx, rx) = sync_channel::<io::Result<Chunk>>(DEPTH);
-    // Room for every buffer that can be out at once (in the channel, with
-    // the consumer and with a hasher behind it), so none is freed and
-    // allocated again.
-    let (home, returned) = sync_channel::<PageBuf>(3 * DEPTH + 2);
+    let pipe = Arc::new(Pipe::new(DEPTH, hash));
+    // Room for every buffer that can be out at once (queued, with the
+    // consumer, with the producer, waiting to be hashed), so none is
+    // freed and allocated again.
+    let (home, returned) = sync_channel::<PageBuf>(DEPTH + HASH_BACKLOG + 3);
+    let closing = Closing(pipe.clone());
     let handle = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let mut src = src;
-            let mut hasher = hash.then(Sha256::new);
             let mut stats = ProducerStats::default();
-            let finish = |mut stats: ProducerStats, hasher: Option<Sha256>| {
-                stats.digest = hasher.map(|h| Digest::from_bytes(h.finalize().into()));
-                stats
-            };
             loop {
                 let mut buf = returned.try_recv().unwrap_or_else(|_| PageBuf::new(CHUNK));
                 let start = Instant::now();
                 let (filled, result) = fill(&mut src, &mut buf);
-                if let Some(h) = &mut hasher {
-                    h.update(&buf[..filled]);
-                }
                 stats.busy += start.elapsed();
                 stats.bytes += filled as u64;
-                let end = filled == 0;
-                if filled > 0
-                    && tx
-                        .send(Ok(Chunk::with_home(buf, filled, Some(home.clone()))))
-                        .is_err()
-                {
-                    return finish(stats, hasher);
+                let chunk = (filled > 0).then(|| Chunk::with_home(buf, filled, Some(home.clone())));
+                if chunk.is_some_and(|c| !closing.0.send(Ok(c))) {
+                    break;
                 }
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e));
-                    return finish(stats, hasher);
+                    closing.0.send(Err(e));
+                    break;
                 }
-                if end {
-                    return finish(stats, hasher);
+                if filled == 0 {
+                    break;
                 }
             }
+            closing.0.close();
+            if let Some((digest, took)) = closing.0.finish_hash() {
+                stats.digest = Some(digest);
+                stats.hashing = took;
+            }
+            stats
         })?;
     Ok((
         PipeReader {
-            rx,
+            pipe,
             cur: None,
             pos: 0,
             done: false,
