@@ -163,10 +163,11 @@ pub struct Blob {
 pub struct Timings {
     /// Waiting for blob bytes (containerd's content store or the disk).
     pub read: Duration,
-    /// Hashing the compressed blob.
+    /// sha256 of the blob and, when compressed, of its tar (the diffID),
+    /// done by whichever thread was waiting for another.
     pub hash: Duration,
     pub inflate: Duration,
-    /// Tar parsing, diffID hashing, writing file data and metadata.
+    /// Tar parsing, writing file data and metadata.
     pub convert: Duration,
     pub fsync: Duration,
     pub total: Duration,
@@ -270,20 +271,13 @@ pub fn apply(
                 });
             }
             let converted = if found == Compression::None {
-                convert(
-                    dir,
-                    ReadChunks::new(decoded),
-                    out,
-                    opts,
-                    false,
-                    &blob.digest,
-                )
-                .map(|streamed| (streamed, fetch_wait.clone(), None))
+                convert(dir, ReadChunks::new(decoded), out, opts, &blob.digest)
+                    .map(|streamed| (streamed, fetch_wait.clone(), None))
             } else {
-                let (pipe, inflate) = pipeline::spawn("inflate", decoded, false)
+                let (pipe, inflate) = pipeline::spawn("inflate", decoded, true)
                     .map_err(io_err("starting the inflate thread for", dir))?;
                 let inflate_wait = pipe.wait_clock();
-                let r = convert(dir, pipe, out, opts, true, &blob.digest);
+                let r = convert(dir, pipe, out, opts, &blob.digest);
                 let inflated = inflate.join().map_err(|_| ApplyError::Thread("inflate"))?;
                 r.map(|streamed| (streamed, inflate_wait, Some(inflated)))
             };
@@ -291,7 +285,7 @@ pub fn apply(
             let (streamed, convert_wait, inflated) = converted?;
             check_blob(blob, &expected, &fetched)?;
             let diff_id = match &inflated {
-                Some(_) => None,
+                Some(i) => i.digest,
                 // Plain tar: the blob's digest is the diffID.
                 None => fetched.digest,
             };
@@ -302,9 +296,9 @@ pub fn apply(
                         digest: blob.digest.clone(),
                         source,
                     })?;
-            let read = Duration::from_nanos(read_nanos.load(Ordering::Relaxed));
-            timings.read = read;
-            timings.hash = fetched.busy.saturating_sub(read);
+            timings.read = Duration::from_nanos(read_nanos.load(Ordering::Relaxed));
+            timings.hash =
+                fetched.hashing + inflated.as_ref().map_or(Duration::ZERO, |i| i.hashing);
             if let Some(i) = &inflated {
                 timings.inflate = i.busy.saturating_sub(fetch_wait.get());
             }
@@ -400,18 +394,18 @@ pub fn apply(
 
 /// Stream the tar into `out`. `input` lends its chunks (for a compressed
 /// layer, the inflate thread's): file data goes from them to the image
-/// without another copy.
+/// without another copy. The diffID is hashed by the thread that produces
+/// the tar (fetch or inflate), not here.
 fn convert<S: ChunkSource>(
     dir: &Path,
     input: S,
     out: File,
     opts: &ApplyOptions,
-    hash: bool,
     digest: &str,
 ) -> Result<layer::convert::Streamed, ApplyError> {
     let copts = ConvertOptions {
         tar_index: opts.tar_index,
-        compute_diff_id: hash,
+        compute_diff_id: false,
         ..Default::default()
     };
     stream_chunks(input, out, dir, &copts).map_err(|source| ApplyError::Convert {
