@@ -25,14 +25,16 @@ use crate::pipeline::Chunk;
 /// for the other to put the hasher down.
 const PIECE: usize = 256 << 10;
 
-/// Chunks queued for hashing past which the producer hashes before it
-/// sends more: the hash may lag this far behind while both threads have
-/// work of their own.
+/// Chunks queued for hashing past which nothing more is sent until the
+/// hash catches up: it may lag this far behind while both threads have
+/// work of their own, and no further, since queued chunks are memory.
 pub(crate) const HASH_BACKLOG: usize = 8;
 
 /// What the pipe hands the consumer.
 pub(crate) type Message = io::Result<Chunk>;
 
+/// One producer thread's chunks to one consumer thread, at most `depth`
+/// in the queue, with the sha256 of all of them when asked for.
 pub(crate) struct Pipe {
     state: Mutex<State>,
     /// Signalled on every change of `state`; with two threads there is
