@@ -36,6 +36,7 @@ pub(crate) type Message = io::Result<Chunk>;
 /// One producer thread's chunks to one consumer thread, at most `depth`
 /// in the queue, with the sha256 of all of them when asked for.
 pub(crate) struct Pipe {
+    depth: usize,
     state: Mutex<State>,
     /// Signalled on every change of `state`; with two threads there is
     /// never more than one waiter to wake.
@@ -45,7 +46,6 @@ pub(crate) struct Pipe {
 
 struct State {
     queue: VecDeque<Message>,
-    depth: usize,
     /// The producer has ended (end of input, an error, or a panic).
     closed: bool,
     /// The consumer is gone: nothing more is wanted.
@@ -83,10 +83,11 @@ impl State {
 
 impl Pipe {
     pub(crate) fn new(depth: usize, hash: bool) -> Pipe {
+        let depth = depth.max(1);
         Pipe {
+            depth,
             state: Mutex::new(State {
                 queue: VecDeque::with_capacity(depth),
-                depth: depth.max(1),
                 closed: false,
                 abandoned: false,
                 starved: false,
@@ -147,7 +148,7 @@ impl Pipe {
             }
             // Past the backlog's limit the hash goes first, whatever the
             // queue: buffers held for hashing are memory.
-            if st.backlog() <= HASH_BACKLOG && st.queue.len() < st.depth {
+            if st.backlog() <= HASH_BACKLOG && st.queue.len() < self.depth {
                 st.queue.push_back(m);
                 self.changed.notify_all();
                 return true;
