@@ -176,10 +176,13 @@ fn size_strategy() -> impl Strategy<Value = usize> {
             12287, 12288, 12289,
         ][..],
     );
+    // Around 64 KiB the writer stops staging a file's data with its
+    // neighbours' and writes it on its own.
     prop_oneof![
         3 => boundary,
         2 => 0usize..=64,
         2 => 0usize..=3 * 4096 + 1,
+        1 => 60_000usize..=70_000,
     ]
 }
 
