@@ -1104,6 +1104,8 @@ mod tests {
                 } else {
                     w.add_file_data(size, &mut r).unwrap()
                 };
+                // Short runs wait in the stage until flushed.
+                w.flush_stage().unwrap();
                 (d, w.out.into_inner())
             };
             assert_eq!(image(true), image(false));
